@@ -1,0 +1,298 @@
+"""Training the reverse transformation psi (and the new head rho) with both backbones frozen.
+
+The backbones never change here, so their embeddings of the training images are computed **once**
+(:func:`cache_features`) and psi / rho are trained on those cached vectors (:func:`fit_transform`): an
+epoch over 50,000 cached CIFAR features takes about a second on a CPU instead of minutes of backbone passes.
+Only the new model's features are inputs; the old model's features are targets (regression) or the frozen
+old gallery (metric-compatible loss).
+
+Choices the paper leaves open (method.md), made here and how:
+
+- **Cached views.** ``views=1`` (default) caches the clean train images only; ``views > 1`` adds
+  ``views - 1`` augmented copies (the same random crop/flip fed to both models, so the pair stays matched).
+- **Batches for L_MC** are class-balanced, P classes x K samples (:func:`class_balanced_batches`), so every
+  anchor has K - 1 new-space and K old-space positives; defaults P = 32, K = 8 (256 per batch).
+- **Regression term with L_MC**: ``regression_weight`` (default ``DEFAULT_REGRESSION_WEIGHT``) adds
+  ``weight * L_reg`` to L_MC; it anchors psi's output to where the old model puts the same image.
+- **Temperature and hard negatives**: defaults ``DEFAULT_TEMPERATURE`` and ``DEFAULT_HARD_NEGATIVES``,
+  chosen by the sweep in ``benchmarks/sweep_mc.py`` (see the README's notes on the transform defaults).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from backfill.data import ImageDataset, augment_batch, normalize_uint8, preprocess, to_tensor_uint8
+from backfill.losses import MC_VARIANTS, MetricCompatibleLoss, TransformRegressionLoss
+from backfill.models import EmbeddingHead, ReverseTransform
+
+__all__ = [
+    "DEFAULT_TEMPERATURE",
+    "DEFAULT_HARD_NEGATIVES",
+    "DEFAULT_REGRESSION_WEIGHT",
+    "embed_images",
+    "cache_features",
+    "class_balanced_batches",
+    "fit_transform",
+]
+
+#: Defaults of the metric-compatible training, chosen by measurement (benchmarks/sweep_mc.py).
+DEFAULT_TEMPERATURE = 0.05
+DEFAULT_HARD_NEGATIVES: int | None = None
+DEFAULT_REGRESSION_WEIGHT = 1.0
+
+LOSSES = ("regression", "mc")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` / ``"auto"`` -> CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.inference_mode()
+def embed_images(
+    model: nn.Module, images: Any, dataset: str, batch_size: int = 256, device: str | torch.device = "cpu",
+    augment: torch.Generator | None = None, progress: bool | str = False,
+) -> np.ndarray:
+    """Embed images with a backbone's ``embed``; returns float32 C-contiguous ``(n, d)``.
+
+    Parameters
+    ----------
+    model : a backbone with ``embed(x) -> (n, d)`` (put in eval mode here).
+    images : uint8 ndarray ``(n, H, W[, C])`` or a list of PIL images / paths / bytes; everything goes
+        through :func:`backfill.data.preprocess` (the one preprocessing path), batch by batch.
+    dataset : dataset name (input normalisation).
+    augment : a ``torch.Generator``: apply the training augmentation (:func:`backfill.data.augment_batch`,
+        uint8 arrays at model size only) drawn from it; ``None``: clean images.
+    progress : show a tqdm bar (a string is used as its description).
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    device = torch.device(device)
+    model = model.eval().to(device)
+    n = len(images)
+    outs = []
+    desc = progress if isinstance(progress, str) else "embed"
+    for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
+        chunk = images[start:start + batch_size]
+        if augment is not None:
+            if not isinstance(chunk, np.ndarray):
+                raise ValueError("augmentation needs a uint8 image array at the model's input size")
+            arr = chunk[..., None] if chunk.ndim == 3 else chunk
+            x = augment_batch(to_tensor_uint8(arr), dataset, generator=augment)
+            x = normalize_uint8(x, dataset)
+        else:
+            x = preprocess(chunk, dataset)
+        outs.append(model.embed(x.to(device)).float().cpu())
+    if not outs:
+        raise ValueError("no images to embed")
+    return np.ascontiguousarray(torch.cat(outs).numpy(), dtype=np.float32)
+
+
+def cache_features(
+    old_model: nn.Module, new_model: nn.Module, data: ImageDataset, views: int = 1, batch_size: int = 256,
+    device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Old and new embeddings of every image of ``data`` (computed once, backbones frozen).
+
+    View 0 is the clean image; views 1.. are augmented copies, each fed identically to both models.
+
+    Returns
+    -------
+    old_feats : float32 ``(views * N, d_old)``; new_feats : float32 ``(views * N, d_new)``;
+    labels : int64 ``(views * N,)``.
+    """
+    if views < 1:
+        raise ValueError(f"views must be >= 1, got {views}")
+    olds, news = [], []
+    for view in range(views):
+        gens = [None, None]
+        if view > 0:
+            # The same seed for both models: identical crops/flips, so old/new features stay paired.
+            gens = [torch.Generator().manual_seed(seed * 1000 + view) for _ in range(2)]
+        tag = "clean" if view == 0 else f"view {view}"
+        olds.append(embed_images(old_model, data.images, data.name, batch_size, device, gens[0],
+                                 progress=f"old model, {tag}" if progress else False))
+        news.append(embed_images(new_model, data.images, data.name, batch_size, device, gens[1],
+                                 progress=f"new model, {tag}" if progress else False))
+    labels = np.tile(data.labels, views).astype(np.int64)
+    return np.concatenate(olds), np.concatenate(news), labels
+
+
+def class_balanced_batches(
+    labels: np.ndarray, classes_per_batch: int, samples_per_class: int, rng: np.random.Generator,
+) -> Iterator[np.ndarray]:
+    """One epoch of class-balanced batches: P classes x K samples each (indices into ``labels``).
+
+    Every item is visited about once per epoch: each class's items are shuffled and cut into chunks of K
+    (the last chunk topped up with random items of the class; a class with fewer than K items is sampled
+    with replacement); the chunks are shuffled and grouped P at a time, never two chunks of the same class
+    in one batch. Yields int64 arrays of length ``P * K`` (fewer classes than P: all classes).
+    """
+    if classes_per_batch < 1 or samples_per_class < 1:
+        raise ValueError("classes_per_batch and samples_per_class must be >= 1")
+    k = samples_per_class
+    chunks: list[tuple[int, np.ndarray]] = []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_chunks = max(1, math.ceil(len(idx) / k))
+        pad = n_chunks * k - len(idx)
+        if pad:
+            idx = np.concatenate([idx, rng.choice(idx, size=pad, replace=pad > len(idx))])
+        chunks.extend((int(c), part) for part in idx.reshape(n_chunks, k))
+    order = rng.permutation(len(chunks))
+    pending: dict[int, list[np.ndarray]] = {}
+    for i in order:
+        c, part = chunks[i]
+        pending.setdefault(c, []).append(part)
+    p = min(classes_per_batch, len(pending))
+    while sum(len(v) for v in pending.values()) and len(pending) >= p:
+        # Draw P distinct classes, weighted by how many chunks they still hold (keeps the epoch uniform).
+        names = list(pending)
+        weights = np.array([len(pending[c]) for c in names], dtype=np.float64)
+        picked = rng.choice(len(names), size=p, replace=False, p=weights / weights.sum())
+        batch = []
+        for j in picked:
+            c = names[j]
+            batch.append(pending[c].pop())
+            if not pending[c]:
+                del pending[c]
+        yield np.concatenate(batch).astype(np.int64)
+
+
+def _as_tensor(name: str, array: np.ndarray, ndim: int) -> torch.Tensor:
+    array = np.asarray(array)
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {array.shape}")
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def fit_transform(
+    old_feats: np.ndarray, new_feats: np.ndarray, labels: np.ndarray, loss: str = "regression",
+    variant: str = "joint", rho: bool = False, temperature: float = DEFAULT_TEMPERATURE,
+    hard_negatives: int | None = DEFAULT_HARD_NEGATIVES, regression_weight: float = DEFAULT_REGRESSION_WEIGHT,
+    epochs: int = 30, batch_size: int = 256, samples_per_class: int = 8, lr: float = 1e-3,
+    weight_decay: float = 1e-4, hidden: int | None = None, seed: int = 0,
+    device: str | torch.device | None = "cpu", progress: bool = True,
+    callback: Callable[[int, nn.Module, nn.Module | None], dict[str, float]] | None = None,
+) -> tuple[ReverseTransform, EmbeddingHead | None, list[dict[str, float]]]:
+    """Train psi (new -> old space) and optionally rho on cached features of frozen backbones.
+
+    Parameters
+    ----------
+    old_feats : float32 ``(n, d_old)``, ``phi_o(x)`` of the training images (targets / frozen old gallery).
+    new_feats : float32 ``(n, d_new)``, ``phi_n(x)`` of the same images, same order (the inputs).
+    labels : int ``(n,)``, class ids.
+    loss : ``"regression"`` (:class:`~backfill.losses.TransformRegressionLoss`, shuffled batches) or
+        ``"mc"`` (:class:`~backfill.losses.MetricCompatibleLoss` + ``regression_weight`` x regression,
+        class-balanced batches of ``batch_size // samples_per_class`` classes x ``samples_per_class``).
+    variant : L_MC variant, ``"joint"`` | ``"old"`` | ``"new"`` | ``"separate"`` (``loss="mc"`` only).
+    rho : also train the head rho (``loss="mc"`` only); psi then reads ``rho(phi_n(x))``.
+    temperature, hard_negatives : of L_MC.
+    regression_weight : weight of the regression term added to L_MC (0 = pure L_MC).
+    epochs, batch_size, lr, weight_decay : AdamW with a cosine learning-rate schedule.
+    hidden : psi's hidden width (``None``: ReverseTransform's default).
+    seed : seeds the initialisation and the batch order (runs are deterministic on CPU).
+    device : ``"cpu"``, ``"cuda"``, or ``None`` / ``"auto"``.
+    callback : called after each epoch as ``callback(epoch, psi, rho)`` with the modules in eval mode;
+        the dict it returns is merged into that epoch's history row (e.g. a validation metric).
+
+    Returns
+    -------
+    psi : :class:`~backfill.models.ReverseTransform` ``(d_new -> d_old)``, eval mode, on the CPU.
+    rho : :class:`~backfill.models.EmbeddingHead` ``(d_new)`` or ``None``.
+    history : one dict per epoch: ``epoch``, ``loss`` (mean training loss), ``mc`` and ``regression``
+        (their means; ``mc`` only for ``loss="mc"``), ``lr``, plus the callback's entries.
+    """
+    old = _as_tensor("old_feats", old_feats, 2).float()
+    new = _as_tensor("new_feats", new_feats, 2).float()
+    y = _as_tensor("labels", labels, 1).long()
+    if not len(old) == len(new) == len(y):
+        raise ValueError(
+            f"old_feats, new_feats and labels must have the same length, got {len(old)}, {len(new)}, {len(y)}"
+        )
+    if len(y) < 2:
+        raise ValueError("need at least 2 training items")
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+    if loss == "regression" and rho:
+        raise ValueError("rho is trained by the metric-compatible loss only (loss='mc')")
+    if variant not in MC_VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {MC_VARIANTS}")
+    if loss == "mc" and variant == "new" and not rho and regression_weight == 0:
+        raise ValueError("variant 'new' gives psi no gradient: train rho too or keep a regression term")
+    if regression_weight < 0:
+        raise ValueError(f"regression_weight must be >= 0, got {regression_weight}")
+    if epochs < 1 or batch_size < 2:
+        raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
+    if loss == "mc" and not 1 < samples_per_class <= batch_size:
+        raise ValueError(f"samples_per_class must be in [2, batch_size], got {samples_per_class}")
+
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    psi = ReverseTransform(new.shape[1], old.shape[1], hidden).to(dev)
+    head = EmbeddingHead(new.shape[1]).to(dev) if rho else None
+    params = list(psi.parameters()) + (list(head.parameters()) if head is not None else [])
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    regression = TransformRegressionLoss()
+    mc = MetricCompatibleLoss(temperature, hard_negatives, variant) if loss == "mc" else None
+    old, new, y = old.to(dev), new.to(dev), y.to(dev)
+    y_np = y.cpu().numpy()
+
+    def batches() -> list[np.ndarray]:
+        if mc is None:
+            perm = rng.permutation(len(y_np))
+            # Drop a last batch of size 1: BatchNorm cannot train on it.
+            return [b for b in np.array_split(perm, math.ceil(len(perm) / batch_size)) if len(b) > 1]
+        return list(class_balanced_batches(y_np, max(1, batch_size // samples_per_class),
+                                           samples_per_class, rng))
+
+    # Stepped once per epoch (class-balanced epochs vary slightly in their number of batches).
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs)
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(1, epochs + 1), desc=f"train psi ({loss})", disable=not progress)
+    for epoch in bar:
+        psi.train()
+        if head is not None:
+            head.train()
+        sums = {"loss": 0.0, "mc": 0.0, "regression": 0.0}
+        epoch_batches = batches()
+        for idx_np in epoch_batches:
+            idx = torch.from_numpy(idx_np).to(dev)
+            feats = new[idx]
+            a = head(feats) if head is not None else feats
+            b = psi(a)
+            reg = regression(b, old[idx])
+            total = reg * (regression_weight if mc is not None else 1.0)
+            if mc is not None:
+                mc_value = mc(a, b, a, old[idx], y[idx])
+                total = total + mc_value
+                sums["mc"] += mc_value.item()
+            optimiser.zero_grad(set_to_none=True)
+            total.backward()
+            optimiser.step()
+            sums["loss"] += total.item()
+            sums["regression"] += reg.item()
+        row: dict[str, float] = {"epoch": epoch, "lr": scheduler.get_last_lr()[0]}
+        scheduler.step()
+        row.update({k: v / len(epoch_batches) for k, v in sums.items() if mc is not None or k != "mc"})
+        psi.eval()
+        if head is not None:
+            head.eval()
+        if callback is not None:
+            row.update(callback(epoch, psi, head))
+        history.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}")
+    psi = psi.cpu().eval()
+    head = head.cpu().eval() if head is not None else None
+    return psi, head, history

@@ -1,0 +1,111 @@
+"""Tests for backfill.compatibility (psi / rho training on cached features)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from backfill.compatibility import cache_features, class_balanced_batches, embed_images, fit_transform
+from backfill.data import ImageDataset
+from backfill.models import SmallCNN
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def features():
+    """Old and new features of the same latent points through different random maps (n=240, 6 classes)."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 40)
+    latent = rng.normal(size=(6, 10))[labels] + 0.4 * rng.normal(size=(240, 10))
+    old = _unit(latent @ rng.normal(size=(10, 8)))
+    new = _unit(np.tanh(latent @ rng.normal(size=(10, 12))))
+    return old, new, labels.astype(np.int64)
+
+
+def _mean_cos(psi, new, old):
+    with torch.no_grad():
+        out = psi(torch.from_numpy(new)).numpy()
+    return float((out * old).sum(axis=1).mean())
+
+
+@pytest.mark.parametrize("loss", ["regression", "mc"])
+def test_fit_transform_lowers_loss_and_maps_new_onto_old(features, loss):
+    old, new, labels = features
+    untrained = fit_transform(old, new, labels, loss=loss, epochs=1, lr=1e-12, batch_size=48,
+                              samples_per_class=8, progress=False)[0]
+    psi, rho, history = fit_transform(old, new, labels, loss=loss, epochs=15, batch_size=48,
+                                      samples_per_class=8, lr=1e-2, progress=False)
+    assert rho is None
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+    assert _mean_cos(psi, new, old) > _mean_cos(untrained, new, old) + 0.3
+    assert psi.spec == {"arch": "psi", "d_in": 12, "d_out": 8, "hidden": 24}
+    assert not psi.training
+
+
+def test_fit_transform_with_rho_and_callback(features):
+    old, new, labels = features
+    seen = []
+
+    def callback(epoch, psi, rho):
+        seen.append((epoch, psi.training, rho.training))
+        return {"val": float(epoch)}
+
+    psi, rho, history = fit_transform(old, new, labels, loss="mc", variant="joint", rho=True, epochs=3,
+                                      batch_size=48, progress=False, callback=callback)
+    assert rho is not None and rho.spec["d"] == 12
+    assert seen == [(1, False, False), (2, False, False), (3, False, False)]
+    assert [row["val"] for row in history] == [1.0, 2.0, 3.0]
+    assert {"loss", "mc", "regression", "lr"} <= set(history[0])
+    # rho moved away from its identity initialisation.
+    assert not torch.allclose(rho.linear.weight, torch.eye(12))
+
+
+def test_fit_transform_is_deterministic(features):
+    old, new, labels = features
+    runs = [fit_transform(old, new, labels, loss="mc", epochs=2, batch_size=48, seed=5, progress=False)[0]
+            for _ in range(2)]
+    for p, q in zip(runs[0].parameters(), runs[1].parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_fit_transform_validates(features):
+    old, new, labels = features
+    with pytest.raises(ValueError, match="same length"):
+        fit_transform(old[:10], new, labels, progress=False)
+    with pytest.raises(ValueError, match="unknown loss"):
+        fit_transform(old, new, labels, loss="l1", progress=False)
+    with pytest.raises(ValueError, match="rho"):
+        fit_transform(old, new, labels, loss="regression", rho=True, progress=False)
+    with pytest.raises(ValueError, match="no gradient"):
+        fit_transform(old, new, labels, loss="mc", variant="new", regression_weight=0, progress=False)
+    with pytest.raises(ValueError, match="variant"):
+        fit_transform(old, new, labels, loss="mc", variant="both", progress=False)
+
+
+def test_class_balanced_batches_hold_p_classes_of_k():
+    labels = np.repeat(np.arange(10), [30, 30, 30, 30, 30, 30, 30, 30, 30, 5])
+    batches = list(class_balanced_batches(labels, 4, 6, np.random.default_rng(0)))
+    for b in batches:
+        classes, counts = np.unique(labels[b], return_counts=True)
+        assert len(classes) == 4 and set(counts) == {6}
+    covered = np.unique(np.concatenate(batches))
+    assert len(covered) >= 0.9 * len(labels)
+
+
+def test_cache_features_pairs_views():
+    rng = np.random.default_rng(0)
+    data = ImageDataset(rng.integers(0, 255, (6, 28, 28, 1), dtype=np.uint8), np.arange(6) % 2,
+                        ["a", "b"], "fashion_mnist", "train")
+    torch.manual_seed(0)
+    model = SmallCNN(width=4, embedding_dim=8, num_classes=2)
+    old, new, labels = cache_features(model, model, data, views=2, batch_size=4, progress=False)
+    assert old.shape == new.shape == (12, 8) and old.dtype == np.float32
+    assert labels.tolist() == data.labels.tolist() * 2
+    # Same model, same augmentation draws: the old and new features of each view coincide.
+    np.testing.assert_allclose(old, new, atol=1e-6)
+    np.testing.assert_allclose(old[:6], embed_images(model, data.images, "fashion_mnist"), atol=1e-6)
+    assert not np.allclose(old[:6], old[6:])
