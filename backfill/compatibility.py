@@ -22,22 +22,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from backfill.data import ImageDataset, augment_batch, normalize_uint8, preprocess, to_tensor_uint8
+from backfill.data import ImageDataset, augment_batch, to_tensor_uint8
 from backfill.losses import MC_VARIANTS, MetricCompatibleLoss, TransformRegressionLoss
 from backfill.models import EmbeddingHead, ReverseTransform
+from backfill.training import embed_images, resolve_device
 
 __all__ = [
     "DEFAULT_TEMPERATURE",
     "DEFAULT_HARD_NEGATIVES",
     "DEFAULT_REGRESSION_WEIGHT",
-    "embed_images",
     "cache_features",
     "class_balanced_batches",
     "fit_transform",
@@ -49,53 +48,6 @@ DEFAULT_HARD_NEGATIVES: int | None = None
 DEFAULT_REGRESSION_WEIGHT = 1.0
 
 LOSSES = ("regression", "mc")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` / ``"auto"`` -> CUDA when present, else CPU; anything else is passed to ``torch.device``."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-@torch.inference_mode()
-def embed_images(
-    model: nn.Module, images: Any, dataset: str, batch_size: int = 256, device: str | torch.device = "cpu",
-    augment: torch.Generator | None = None, progress: bool | str = False,
-) -> np.ndarray:
-    """Embed images with a backbone's ``embed``; returns float32 C-contiguous ``(n, d)``.
-
-    Parameters
-    ----------
-    model : a backbone with ``embed(x) -> (n, d)`` (put in eval mode here).
-    images : uint8 ndarray ``(n, H, W[, C])`` or a list of PIL images / paths / bytes; everything goes
-        through :func:`backfill.data.preprocess` (the one preprocessing path), batch by batch.
-    dataset : dataset name (input normalisation).
-    augment : a ``torch.Generator``: apply the training augmentation (:func:`backfill.data.augment_batch`,
-        uint8 arrays at model size only) drawn from it; ``None``: clean images.
-    progress : show a tqdm bar (a string is used as its description).
-    """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    device = torch.device(device)
-    model = model.eval().to(device)
-    n = len(images)
-    outs = []
-    desc = progress if isinstance(progress, str) else "embed"
-    for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
-        chunk = images[start:start + batch_size]
-        if augment is not None:
-            if not isinstance(chunk, np.ndarray):
-                raise ValueError("augmentation needs a uint8 image array at the model's input size")
-            arr = chunk[..., None] if chunk.ndim == 3 else chunk
-            x = augment_batch(to_tensor_uint8(arr), dataset, generator=augment)
-            x = normalize_uint8(x, dataset)
-        else:
-            x = preprocess(chunk, dataset)
-        outs.append(model.embed(x.to(device)).float().cpu())
-    if not outs:
-        raise ValueError("no images to embed")
-    return np.ascontiguousarray(torch.cat(outs).numpy(), dtype=np.float32)
 
 
 def cache_features(
@@ -113,19 +65,18 @@ def cache_features(
     """
     if views < 1:
         raise ValueError(f"views must be >= 1, got {views}")
+    clean = to_tensor_uint8(data.images)
     olds, news = [], []
-    for view in range(views):
-        gens = [None, None]
-        if view > 0:
-            # The same seed for both models: identical crops/flips, so old/new features stay paired.
-            gens = [torch.Generator().manual_seed(seed * 1000 + view) for _ in range(2)]
-        tag = "clean" if view == 0 else f"view {view}"
-        olds.append(embed_images(old_model, data.images, data.name, batch_size, device, gens[0],
-                                 progress=f"old model, {tag}" if progress else False))
-        news.append(embed_images(new_model, data.images, data.name, batch_size, device, gens[1],
-                                 progress=f"new model, {tag}" if progress else False))
+    for view in tqdm(range(views), desc="cache features (views)", disable=not progress or views == 1):
+        # View 0 is the clean image; each augmented view is drawn once and fed to both models, so the
+        # old/new pair of every row shows the same crop/flip.
+        x = clean if view == 0 else augment_batch(
+            clean, data.name, generator=torch.Generator().manual_seed(seed * 1000 + view))
+        olds.append(embed_images(old_model, x, data.name, batch_size, device).numpy())
+        news.append(embed_images(new_model, x, data.name, batch_size, device).numpy())
     labels = np.tile(data.labels, views).astype(np.int64)
-    return np.concatenate(olds), np.concatenate(news), labels
+    return (np.ascontiguousarray(np.concatenate(olds), dtype=np.float32),
+            np.ascontiguousarray(np.concatenate(news), dtype=np.float32), labels)
 
 
 def class_balanced_batches(
@@ -182,7 +133,7 @@ def fit_transform(
     hard_negatives: int | None = DEFAULT_HARD_NEGATIVES, regression_weight: float = DEFAULT_REGRESSION_WEIGHT,
     epochs: int = 30, batch_size: int = 256, samples_per_class: int = 8, lr: float = 1e-3,
     weight_decay: float = 1e-4, hidden: int | None = None, seed: int = 0,
-    device: str | torch.device | None = "cpu", progress: bool = True,
+    device: str | torch.device = "cpu", progress: bool = True,
     callback: Callable[[int, nn.Module, nn.Module | None], dict[str, float]] | None = None,
 ) -> tuple[ReverseTransform, EmbeddingHead | None, list[dict[str, float]]]:
     """Train psi (new -> old space) and optionally rho on cached features of frozen backbones.
@@ -202,7 +153,7 @@ def fit_transform(
     epochs, batch_size, lr, weight_decay : AdamW with a cosine learning-rate schedule.
     hidden : psi's hidden width (``None``: ReverseTransform's default).
     seed : seeds the initialisation and the batch order (runs are deterministic on CPU).
-    device : ``"cpu"``, ``"cuda"``, or ``None`` / ``"auto"``.
+    device : ``"cpu"``, ``"cuda"`` or ``"auto"`` (:func:`backfill.training.resolve_device`).
     callback : called after each epoch as ``callback(epoch, psi, rho)`` with the modules in eval mode;
         the dict it returns is merged into that epoch's history row (e.g. a validation metric).
 
@@ -237,7 +188,7 @@ def fit_transform(
     if loss == "mc" and not 1 < samples_per_class <= batch_size:
         raise ValueError(f"samples_per_class must be in [2, batch_size], got {samples_per_class}")
 
-    dev = resolve_device(device)
+    dev = resolve_device(str(device))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     psi = ReverseTransform(new.shape[1], old.shape[1], hidden).to(dev)

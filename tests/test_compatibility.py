@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from backfill.compatibility import cache_features, class_balanced_batches, embed_images, fit_transform
+from backfill.compatibility import cache_features, class_balanced_batches, fit_transform
 from backfill.data import ImageDataset
 from backfill.models import SmallCNN
+from backfill.training import embed_images
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -107,5 +108,5 @@ def test_cache_features_pairs_views():
     assert labels.tolist() == data.labels.tolist() * 2
     # Same model, same augmentation draws: the old and new features of each view coincide.
     np.testing.assert_allclose(old, new, atol=1e-6)
-    np.testing.assert_allclose(old[:6], embed_images(model, data.images, "fashion_mnist"), atol=1e-6)
+    np.testing.assert_allclose(old[:6], embed_images(model, data.images, "fashion_mnist").numpy(), atol=1e-6)
     assert not np.allclose(old[:6], old[6:])
