@@ -61,6 +61,7 @@ __all__ = [
     "resize_to_model",
     "preprocess",
     "build_fashion_mnist_bundle",
+    "build_sample_queries",
     "ASSETS_DIR",
     "FASHION_MNIST_BUNDLE",
 ]
@@ -303,6 +304,29 @@ def build_fashion_mnist_bundle(out: str | os.PathLike = FASHION_MNIST_BUNDLE,
                                 class_names=np.array(FASHION_MNIST_CLASSES))
             return out
     raise DatasetNotFoundError(f"Fashion-MNIST IDX test files not found in {', '.join(map(str, places))}")
+
+
+SAMPLE_CLASSES = (0, 1, 3, 5, 6, 7, 8, 9)
+
+
+def build_sample_queries(out_dir: str | os.PathLike = ASSETS_DIR / "samples",
+                         classes: tuple[int, ...] = SAMPLE_CLASSES) -> list[Path]:
+    """Write one Fashion-MNIST test image per class in ``classes`` as a 28x28 grayscale PNG.
+
+    The image of class ``c`` is the first test image with label ``c``; files are named
+    ``<test index>_<class name>.png``. Reads the test split with :func:`load_dataset`. Returns the paths.
+    """
+    ds = load_dataset("fashion_mnist", "test")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for c in classes:
+        i = int(np.flatnonzero(ds.labels == c)[0])
+        slug = ds.class_names[c].lower().replace("/", "_").replace(" ", "_").replace("-", "_")
+        path = out_dir / f"{i:04d}_{slug}.png"
+        Image.fromarray(ds.images[i, :, :, 0], "L").save(path, optimize=True)
+        paths.append(path)
+    return paths
 
 
 # --------------------------------------------------------------------------------------- subsets/sampling
