@@ -439,7 +439,8 @@ def load_image(source: Any) -> Image.Image:
         except ImageLoadError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageLoadError(f"{what} is too large to decode safely ({exc})") from exc
+            raise ImageLoadError(f"{what} is too large to decode safely (possible decompression bomb): "
+                                 f"{exc}") from exc
         except UnidentifiedImageError as exc:
             raise ImageLoadError(f"{what} is not a recognised image file") from exc
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
