@@ -249,7 +249,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
         raise ValueError(f"{path} is truncated: header says {shape}, found {data.size} bytes of data")
-    return data.reshape(shape)
+    return data.reshape(shape).copy()  # np.frombuffer is read-only
 
 
 def _find_idx(place: Path, stem: str) -> Path | None:
@@ -368,7 +368,10 @@ def subsample_per_class(ds: ImageDataset, n_per_class: int, seed: int = 0) -> Im
 # ---------------------------------------------------------------------------------- tensors/augmentation
 def to_tensor_uint8(images: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
     """uint8 ``(N, H, W, C)`` ndarray -> contiguous uint8 tensor ``(N, C, H, W)`` on ``device``."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+    arr = np.ascontiguousarray(images)
+    if not arr.flags.writeable:  # torch warns on read-only buffers (np.frombuffer, memory maps)
+        arr = arr.copy()
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous().to(device)
 
 
 def normalize_uint8(x: torch.Tensor, dataset: str) -> torch.Tensor:
