@@ -349,13 +349,13 @@ def train_backbone(config: TrainConfig, log=None) -> TrainResult:
         if influence is not None:
             record["influence"] = sums["influence"] / steps
         history.append(record)
-        log(f"{cfg.kind} epoch {epoch + 1}/{cfg.epochs}: " +
-            ", ".join(f"{k_}={v:.4f}" for k_, v in record.items() if k_ != "epoch"))
         if epoch + 1 < cfg.epochs:
             save_resume(cfg.out, {"identity": identity, "epoch": epoch + 1, "model": model.state_dict(),
                                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                   "perm_gen": perm_gen.get_state(), "aug_gen": aug_gen.get_state(),
                                   "history": history})
+        log(f"{cfg.kind} epoch {epoch + 1}/{cfg.epochs}: " +
+            ", ".join(f"{k_}={v:.4f}" for k_, v in record.items() if k_ != "epoch"))
     seconds = time.perf_counter() - t0
     model.eval()
     test_acc = classify_accuracy(model, test, device=device)
