@@ -85,12 +85,105 @@ def _run_train_backbone(args: argparse.Namespace) -> int:
 
 
 def _add_train_transform(sub: argparse._SubParsersAction) -> None:
-    """``backfill train transform ...`` - owned by T2 (compatibility work); stub until it lands."""
+    """``backfill train transform ...``: psi (and rho) on features of the frozen old/new models.
+
+    The L_MC options default to ``None`` here so that the values chosen by measurement live in one place,
+    ``backfill.compatibility.DEFAULT_*`` (importing it here would load torch for ``backfill --help``).
+    """
+    text = ("train the reverse transformation psi (new -> old space), optionally with the new head rho, on "
+            "cached embeddings of the train split by the frozen old and new models")
+    p = sub.add_parser("transform", help=text, description=text + ". Writes OUT.pt and OUT.json (and, with "
+                       "--rho, the head next to it).")
+    p.add_argument("--old", required=True, metavar="OLD.pt", help="the old model's checkpoint")
+    p.add_argument("--new", required=True, metavar="NEW.pt", help="the new model's checkpoint")
+    p.add_argument("--dataset", required=True, choices=["cifar100", "fashion_mnist"])
+    p.add_argument("--data", metavar="DIR", default=None, help="dataset directory (see `train old --help`)")
+    p.add_argument("--download", action="store_true", help="download with torchvision if not found")
+    p.add_argument("--loss", choices=["regression", "mc"], default="regression",
+                   help="regression: L2 to the old embedding; mc: metric-compatible contrastive loss")
+    p.add_argument("--variant", choices=["joint", "old", "new", "separate"], default="joint",
+                   help="L_MC variant (ablations: old-space only, new-space only, separate denominators)")
+    p.add_argument("--rho", action="store_true", help="also train the new-model head rho (--loss mc)")
+    p.add_argument("--rho-out", metavar="RHO.pt", default=None,
+                   help="where rho goes (default: psi_mc_rho.pt -> rho_mc.pt, NAME.pt -> rho_NAME.pt)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="L_MC temperature (default: compatibility.DEFAULT_TEMPERATURE, chosen by a sweep)")
+    p.add_argument("--hard-negatives", type=int, default=None, metavar="K",
+                   help="keep the K hardest negatives per anchor, 0 = all (default: "
+                        "compatibility.DEFAULT_HARD_NEGATIVES)")
+    p.add_argument("--regression-weight", type=float, default=None,
+                   help="weight of the regression term added to L_MC (default: "
+                        "compatibility.DEFAULT_REGRESSION_WEIGHT)")
+    p.add_argument("--views", type=int, default=1,
+                   help="cached views per train image: 1 clean + (views-1) augmented (default 1)")
+    p.add_argument("--feature-cache", metavar="FEATS.npz", default=None,
+                   help="reuse/write the cached features here (checked against the weights' SHA-256)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    p.add_argument("--out", required=True, metavar="PSI.pt", help="psi's weights; the card goes to PSI.json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_run_train_transform)
+
+
+def _run_train_transform(args: argparse.Namespace) -> int:
+    """Handler of ``backfill train transform``."""
+    from .compatibility import train_transform
+
+    if args.rho and args.loss != "mc":
+        raise ValueError("--rho needs --loss mc (rho is trained by the metric-compatible loss)")
+    # Unset options are left out so that fit_transform's measured defaults apply.
+    mc_options = {k: v for k, v in (("temperature", args.temperature),
+                                    ("regression_weight", args.regression_weight)) if v is not None}
+    if args.hard_negatives is not None:
+        mc_options["hard_negatives"] = args.hard_negatives or None  # 0 = all negatives
+    cards = train_transform(
+        args.old, args.new, args.out, dataset=args.dataset, data=args.data, download=args.download,
+        loss=args.loss, variant=args.variant, rho=args.rho, rho_out=args.rho_out, views=args.views,
+        feature_cache=args.feature_cache, device=args.device, command="backfill " + " ".join(sys.argv[1:]),
+        progress=not args.no_progress, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed, **mc_options,
+    )
+    last = cards["psi"]["history"][-1]
+    print(f"{args.out}: last-epoch loss {last['loss']:.4f}")
+    if "rho" in cards:
+        print(f"{cards['psi']['rho_model']['path']}: rho written")
+    return 0
 
 
 def _add_embed(sub: argparse._SubParsersAction) -> None:
     """``backfill embed ...``: write the EMB.npz that ``evaluate`` reads."""
-    # Filled in by the training work.
+    text = "embed a dataset split with a model suite and write the EMB.npz that `backfill evaluate` reads"
+    p = sub.add_parser("embed", help=text, description=text + " (cached: skipped when OUT exists and was "
+                       "made from the same weights and images; --force redoes it).")
+    p.add_argument("--suite", required=True, metavar="DIR",
+                   help="model suite directory (old.pt, new.pt, ...)")
+    p.add_argument("--dataset", required=True, choices=["cifar100", "fashion_mnist"])
+    p.add_argument("--data", metavar="DIR", default=None, help="dataset directory (see `train old --help`)")
+    p.add_argument("--download", action="store_true", help="download with torchvision if not found")
+    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--variant", choices=["base", "full", "full_rho"], default="base",
+                   help="base: transformed = regression psi, with bct; full: metric-compatible psi; "
+                        "full_rho: new = rho(new), transformed = psi(rho(new))")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    p.add_argument("--force", action="store_true", help="recompute even if OUT is up to date")
+    p.add_argument("--out", required=True, metavar="EMB.npz")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_run_embed)
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    """Handler of ``backfill embed``."""
+    from .suite import embed_split
+
+    path, reused = embed_split(args.suite, args.dataset, args.out, data=args.data, download=args.download,
+                               split=args.split, variant=args.variant, batch_size=args.batch_size,
+                               device=args.device, force=args.force, progress=not args.no_progress)
+    print(f"{path}: {'up to date, not recomputed' if reused else 'written'}")
+    return 0
 
 
 def _add_reproduce(sub: argparse._SubParsersAction) -> None:

@@ -20,8 +20,12 @@ Choices the paper leaves open (method.md), made here and how:
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +44,8 @@ __all__ = [
     "cache_features",
     "class_balanced_batches",
     "fit_transform",
+    "train_transform",
+    "default_rho_path",
 ]
 
 #: Defaults of the metric-compatible training, chosen by measurement (benchmarks/sweep_mc.py).
@@ -247,3 +253,98 @@ def fit_transform(
     psi = psi.cpu().eval()
     head = head.cpu().eval() if head is not None else None
     return psi, head, history
+
+
+def _model_record(path: Path, card: dict[str, Any]) -> dict[str, Any]:
+    """What a psi/rho card says about a checkpoint it was trained against (checked by ModelSuite.load)."""
+    return {"name": path.name, "path": str(path), "sha256": card.get("weights_sha256"),
+            "kind": card.get("kind"), "embedding_dim": card.get("embedding_dim")}
+
+
+def default_rho_path(psi_path: str | os.PathLike) -> Path:
+    """Where ``train_transform`` writes rho beside psi: ``psi_mc_rho.pt`` -> ``rho_mc.pt`` (the suite
+    layout), any other ``NAME.pt`` -> ``rho_NAME.pt``."""
+    psi_path = Path(psi_path)
+    stem = psi_path.stem
+    if stem.startswith("psi_"):
+        stem = stem[len("psi_"):]
+        stem = stem[: -len("_rho")] if stem.endswith("_rho") else stem
+    return psi_path.with_name(f"rho_{stem}.pt")
+
+
+def cached_features(
+    old_model: nn.Module, old_card: dict[str, Any], new_model: nn.Module, new_card: dict[str, Any],
+    data: ImageDataset, views: int = 1, seed: int = 0, device: str | torch.device = "cpu",
+    cache: str | os.PathLike | None = None, progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`cache_features`, reusing ``cache`` (an ``.npz``) when it was made from the same weights
+    (SHA-256), dataset split, number of images, views and seed; otherwise computing and writing it."""
+    key = json.dumps({"old": old_card.get("weights_sha256"), "new": new_card.get("weights_sha256"),
+                      "dataset": data.name, "split": data.split, "n": len(data), "views": views,
+                      "seed": seed}, sort_keys=True)
+    if cache is not None and Path(cache).is_file():
+        with np.load(cache) as z:
+            if str(z["key"]) == key:
+                return z["old"], z["new"], z["labels"]
+    old, new, labels = cache_features(old_model, new_model, data, views, device=device, seed=seed,
+                                      progress=progress)
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, old=old, new=new, labels=labels, key=np.array(key))
+    return old, new, labels
+
+
+def train_transform(
+    old: str | os.PathLike, new: str | os.PathLike, out: str | os.PathLike, dataset: str | None = None,
+    data: str | os.PathLike | None = None, download: bool = False, loss: str = "regression",
+    variant: str = "joint", rho: bool = False, rho_out: str | os.PathLike | None = None, views: int = 1,
+    feature_cache: str | os.PathLike | None = None, device: str = "auto", command: str | None = None,
+    progress: bool = True, **fit_options: Any,
+) -> dict[str, dict[str, Any]]:
+    """Train psi (and rho) for the old/new checkpoints ``old``/``new`` and write them with their cards.
+
+    The features are the old and new models' embeddings of every image of the dataset's **train** split
+    (all classes: the gallery holds every class). ``fit_options`` go to :func:`fit_transform` (temperature,
+    hard_negatives, regression_weight, epochs, batch_size, lr, seed, ...).
+
+    Writes ``out`` (kind ``psi``) and, with ``rho``, ``rho_out`` (default :func:`default_rho_path`, kind
+    ``rho``; written first, so psi's card can record rho's SHA-256). Each card records the old/new
+    checkpoints (name, path, SHA-256) it was trained against, the loss and its options, the views, the
+    history and the command. Returns ``{"psi": card, "rho": card}`` (``"rho"`` only with ``rho``).
+    """
+    from backfill.checkpoints import load_checkpoint, save_checkpoint
+    from backfill.data import load_dataset
+
+    old_path, new_path, out = Path(old), Path(new), Path(out)
+    old_model, old_card = load_checkpoint(old_path, expect={"kind": "old"})
+    new_model, new_card = load_checkpoint(new_path, expect={"kind": ("new", "bct")})
+    dataset = dataset or old_card.get("dataset")
+    for name, card in (("old", old_card), ("new", new_card)):
+        if card.get("dataset") != dataset:
+            raise ValueError(f"the {name} model was trained on {card.get('dataset')!r}, not {dataset!r}")
+    dev = resolve_device(device)
+    train = load_dataset(dataset, "train", data, download)
+    old_feats, new_feats, labels = cached_features(
+        old_model, old_card, new_model, new_card, train, views, fit_options.get("seed", 0), dev,
+        feature_cache, progress)
+    psi, head, history = fit_transform(old_feats, new_feats, labels, loss=loss, variant=variant, rho=rho,
+                                       device=dev, progress=progress, **fit_options)
+    options = dict(fit_options)
+    if loss == "mc":  # record the L_MC options actually used, defaults included
+        options = {"temperature": DEFAULT_TEMPERATURE, "hard_negatives": DEFAULT_HARD_NEGATIVES,
+                   "regression_weight": DEFAULT_REGRESSION_WEIGHT, **options}
+    common = {
+        "dataset": dataset, "split": "train", "data_source": train.source,
+        "old_model": _model_record(old_path, old_card), "new_model": _model_record(new_path, new_card),
+        "training": {"loss": loss, "variant": variant if loss == "mc" else None, "views": views,
+                     "train_features": int(len(labels)), "device": str(dev), **options},
+        "epochs": len(history), "seed": fit_options.get("seed", 0), "history": history,
+        "command": command,
+    }
+    cards: dict[str, dict[str, Any]] = {}
+    if head is not None:
+        rho_path = Path(rho_out) if rho_out else default_rho_path(out)
+        cards["rho"] = save_checkpoint(rho_path, head, {"kind": "rho", **common})
+        common["rho_model"] = _model_record(rho_path, cards["rho"])
+    cards["psi"] = save_checkpoint(out, psi, {"kind": "psi", **common})
+    return cards

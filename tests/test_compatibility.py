@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from backfill.compatibility import cache_features, class_balanced_batches, fit_transform
+from backfill.compatibility import (
+    cache_features,
+    cached_features,
+    class_balanced_batches,
+    default_rho_path,
+    fit_transform,
+)
 from backfill.data import ImageDataset
 from backfill.models import SmallCNN
 from backfill.training import embed_images
@@ -110,3 +116,27 @@ def test_cache_features_pairs_views():
     np.testing.assert_allclose(old, new, atol=1e-6)
     np.testing.assert_allclose(old[:6], embed_images(model, data.images, "fashion_mnist").numpy(), atol=1e-6)
     assert not np.allclose(old[:6], old[6:])
+
+
+def test_cached_features_reuses_only_a_matching_cache(tmp_path):
+    rng = np.random.default_rng(0)
+    data = ImageDataset(rng.integers(0, 255, (5, 28, 28, 1), dtype=np.uint8), np.arange(5) % 2,
+                        ["a", "b"], "fashion_mnist", "train")
+    torch.manual_seed(0)
+    first, other = SmallCNN(4, 8, 2), SmallCNN(4, 8, 2)
+    cards = {"weights_sha256": "aa"}, {"weights_sha256": "bb"}
+    cache = tmp_path / "feats.npz"
+    old1, _, _ = cached_features(first, cards[0], first, cards[1], data, cache=cache, progress=False)
+    # Same recorded weights: the cache answers, even though `other` would embed differently.
+    old2, _, _ = cached_features(other, cards[0], other, cards[1], data, cache=cache, progress=False)
+    np.testing.assert_array_equal(old1, old2)
+    # Other weights: recomputed.
+    old3, _, _ = cached_features(other, {"weights_sha256": "cc"}, other, cards[1], data, cache=cache,
+                                 progress=False)
+    assert not np.allclose(old1, old3)
+
+
+def test_default_rho_path_follows_the_suite_layout(tmp_path):
+    assert default_rho_path(tmp_path / "psi_mc_rho.pt") == tmp_path / "rho_mc.pt"
+    assert default_rho_path(tmp_path / "psi_mc_old.pt") == tmp_path / "rho_mc_old.pt"
+    assert default_rho_path(tmp_path / "head.pt") == tmp_path / "rho_head.pt"
