@@ -106,7 +106,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, card: dict[str, A
     if "kind" not in card:
         raise CheckpointError("the card must say the checkpoint's 'kind' (old, new, bct, psi, rho, ...)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     _atomic_write(path, lambda p: torch.save(state, p))
     full = {
         "format": CARD_FORMAT,

@@ -40,7 +40,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--width", type=int, default=None, help="base channel width (default 16)")
     g.add_argument("--dim", type=int, default=128, help="embedding dimension (default 128)")
     g = common.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=None, help="default: 15 (cifar100), 4 (fashion_mnist)")
+    g.add_argument("--epochs", type=int, default=None, help="default: 15 (cifar100), 5 (fashion_mnist)")
     g.add_argument("--batch-size", type=int, default=None, help="default 128")
     g.add_argument("--lr", type=float, default=None, help="OneCycle peak learning rate (default 0.1)")
     g.add_argument("--weight-decay", type=float, default=5e-4)

@@ -75,7 +75,7 @@ KINDS = ("old", "new", "bct")
 #: Per-dataset defaults (measured on the 2-core CPU; see the README's training section).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "cifar100": {"arch": "resnet", "depth": 8, "width": 16, "epochs": 15, "batch_size": 128, "lr": 0.1},
-    "fashion_mnist": {"arch": "cnn", "depth": 8, "width": 16, "epochs": 4, "batch_size": 128, "lr": 0.1},
+    "fashion_mnist": {"arch": "cnn", "depth": 8, "width": 16, "epochs": 5, "batch_size": 128, "lr": 0.1},
 }
 
 
@@ -276,6 +276,8 @@ def train_backbone(config: TrainConfig, log=None) -> TrainResult:
     train, test, k = _prepare_data(cfg, log)
 
     model = build_backbone(cfg.arch, cfg.dataset, k, cfg.depth, cfg.width, cfg.dim).to(device)
+    # channels_last: measured 1.3-1.4x faster training on this CPU (oneDNN), and the fast layout on GPUs.
+    model = model.to(memory_format=torch.channels_last)
     influence, old_info = None, None
     if cfg.kind == "bct":
         classifier, old_info = _bct_classifier(cfg, train, k, device, log)
@@ -324,6 +326,7 @@ def train_backbone(config: TrainConfig, log=None) -> TrainResult:
         for step in bar:
             idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             xb = normalize_uint8(augment_batch(x_all[idx], cfg.dataset, aug_gen), cfg.dataset)
+            xb = xb.contiguous(memory_format=torch.channels_last)
             yb = y_all[idx]
             with _autocast(device):
                 emb, logits = model(xb)
@@ -357,7 +360,7 @@ def train_backbone(config: TrainConfig, log=None) -> TrainResult:
         log(f"{cfg.kind} epoch {epoch + 1}/{cfg.epochs}: " +
             ", ".join(f"{k_}={v:.4f}" for k_, v in record.items() if k_ != "epoch"))
     seconds = time.perf_counter() - t0
-    model.eval()
+    model = model.to(memory_format=torch.contiguous_format).eval()  # as a reloaded checkpoint will be
     test_acc = classify_accuracy(model, test, device=device)
     metrics = {"train_acc": history[-1]["train_acc"] if history else float("nan"), "test_acc": test_acc,
                "loss": history[-1]["loss"] if history else float("nan"),
