@@ -419,6 +419,8 @@ def load_image(source: Any) -> Image.Image:
     """
     if isinstance(source, Image.Image):
         image = source
+    elif isinstance(source, np.ndarray):
+        image = _array_to_pil(source)
     else:
         if isinstance(source, (bytes, bytearray, memoryview)):
             data, what = bytes(source), "image data"
@@ -453,6 +455,16 @@ def load_image(source: Any) -> Image.Image:
         return ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block must not make a fine image unusable  # noqa: BLE001
         return image
+
+
+def _array_to_pil(arr: np.ndarray) -> Image.Image:
+    """One uint8 image array ``(H, W)`` or ``(H, W, C)`` with C in 1, 3, 4 -> PIL (L, RGB, RGBA)."""
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+        raise ImageLoadError(f"an image array must be uint8 (H, W[, 1|3|4]), got {arr.dtype} {arr.shape}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    mode = "L" if arr.ndim == 2 else ("RGB" if arr.shape[2] == 3 else "RGBA")
+    return Image.fromarray(np.ascontiguousarray(arr), mode)
 
 
 def _check_size(image: Image.Image, what: str) -> None:
@@ -525,8 +537,7 @@ def preprocess(images: Any, dataset: str) -> torch.Tensor:
             return normalize_uint8(to_tensor_uint8(arr), dataset)
         if arr.shape[3] not in (1, 3, 4):
             raise ValueError(f"image arrays must have 1, 3 or 4 channels, got {arr.shape[3]}")
-        mode = {1: "L", 3: "RGB", 4: "RGBA"}[arr.shape[3]]
-        images = [Image.fromarray(a[..., 0] if mode == "L" else a, mode) for a in arr]
+        images = [_array_to_pil(a) for a in arr]
     elif not isinstance(images, (list, tuple)):
         images = [images]
     if len(images) == 0:

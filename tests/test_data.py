@@ -237,6 +237,17 @@ def test_dataset_arrays_and_uploads_give_the_same_tensor():
     assert preprocess(rgb, "fashion_mnist").shape == (4, 1, 28, 28)
 
 
+def test_single_image_arrays_are_accepted():
+    rgba = np.zeros((20, 30, 4), np.uint8)  # transparent -> white
+    out = preprocess([rgba, np.full((5, 5), 255, np.uint8), np.zeros((28, 28, 1), np.uint8)], "fashion_mnist")
+    white = normalize_uint8(torch.full((1, 1, 1, 1), 255, dtype=torch.uint8), "fashion_mnist")
+    assert torch.allclose(out[0], white[0, :, :1, :1].expand(1, 28, 28))
+    assert torch.allclose(out[1], white[0, :, :1, :1].expand(1, 28, 28))
+    assert out[2].max() < 0
+    with pytest.raises(ImageLoadError, match="uint8"):
+        load_image(np.zeros((4, 4), np.float32))
+
+
 def test_sample_pngs_load_and_preprocess():
     paths = sorted((data.ASSETS_DIR / "samples").glob("*.png"))
     assert 6 <= len(paths) <= 8
