@@ -13,7 +13,62 @@ import sys
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     """``backfill evaluate EMB.npz ...`` (engine; contract fixed by issue 2)."""
-    # Filled in by the engine work.
+    from backfill.strategies import STRATEGIES  # dataclasses only: cheap to import
+
+    p = sub.add_parser(
+        "evaluate",
+        help="mAP / top-1 / top-5 curves over backfill ratios for each strategy",
+        description="Evaluate retrieval strategies along the backfill curve. Queries are the gallery "
+        "(leave-one-out). EMB.npz holds labels (N,), old (N,d_o), new (N,d_n) and optionally transformed "
+        "(N,d_o) and bct (N,d_o).",
+    )
+    p.add_argument("emb", metavar="EMB.npz", help="embeddings file")
+    p.add_argument("--strategy", nargs="+", choices=list(STRATEGIES), metavar="NAME", default=None,
+                   help=f"strategies to evaluate (default: all the file supports): {', '.join(STRATEGIES)}")
+    p.add_argument("--points", type=int, default=21, help="number of backfill ratios in [0, 1] (default 21)")
+    p.add_argument("--order", default="random", metavar="random|FILE.npy",
+                   help="backfill order: random (seeded) or a .npy permutation of the gallery ids")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random order (default 0)")
+    p.add_argument("--json", metavar="OUT.json", default=None, help="write the results as JSON")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from backfill.embeddings import Embeddings
+    from backfill.evaluation import curve_points, evaluate_strategies
+    from backfill.ordering import random_order, validate_order
+
+    emb = Embeddings.load(args.emb)
+    if args.order == "random":
+        order, order_desc = random_order(emb.n, args.seed), f"random (seed {args.seed})"
+    else:
+        path = Path(args.order)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such order file: {path} (use 'random' or a .npy file)")
+        order, order_desc = validate_order(np.load(path, allow_pickle=False), emb.n), str(path)
+    result = evaluate_strategies(emb, args.strategy, order, curve_points(args.points))
+    result["order"] = order_desc
+    result["embeddings"] = str(args.emb)
+    print(f"{emb.n} queries = gallery (leave-one-out), order: {order_desc}, {args.points} points;"
+          f" {result['n_excluded_queries']} queries without relevant items excluded")
+    for key, value in result["reference"].items():
+        print(f"  {key}: {value:.4f}")
+    print(f"  {'strategy':<12} {'mAP@0':>7} {'mAP@1':>7} {'AUC mAP':>8} {'AUC top1':>9} {'rel.gain':>9}")
+    for name, res in result["strategies"].items():
+        gain = res.get("relative_gain")
+        gain_txt = "-" if gain is None else f"{gain:.3f}"
+        print(f"  {name:<12} {res['map'][0]:7.4f} {res['map'][-1]:7.4f} {res['auc_map']:8.4f}"
+              f" {res['auc_top1']:9.4f} {gain_txt:>9}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
