@@ -412,3 +412,73 @@ def evaluate_strategies(
             res["max_negative_flip"] = float(flips.max())
         out["strategies"][name] = res
     return out
+
+
+def merged_scores(
+    strategy: str | Strategy,
+    queries: Embeddings,
+    gallery: Embeddings,
+    order: np.ndarray,
+    ratio: float,
+    exclude: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force merged score matrix at one ratio: ``(scores (n_q, N) float32, spaces (N,) uint8)``.
+
+    ``scores[i, g]`` is the strategy's raw score of gallery id ``g`` for query ``i``; ``-inf`` where ``g`` is
+    unreachable or excluded. ``spaces[g]`` is the space that scored ``g`` (0 old, 1 new). Memory ``n_q * N``:
+    meant for small problems, checks and the reference evaluator.
+    """
+    strat = get_strategy(strategy)
+    order = validate_order(order, gallery.n)
+    m = num_backfilled(ratio, gallery.n)
+    in_b = np.zeros(gallery.n, dtype=bool)
+    in_b[order[:m]] = True
+    ex = resolve_exclude(queries.n, gallery.n, exclude, leave_one_out=False)
+    scores = np.full((queries.n, gallery.n), -np.inf, dtype=np.float32)
+    spaces = np.zeros(gallery.n, dtype=np.uint8)
+    for side, part in zip(strat.sides(float(ratio)), (~in_b, in_b), strict=True):
+        if side is None or not part.any():
+            continue
+        q, g = _side_arrays(side, queries, gallery, np.arange(gallery.n))
+        scores[:, part] = q @ g[part].T
+        spaces[part] = side.space
+    rows = np.nonzero(ex >= 0)[0]
+    scores[rows, ex[rows]] = -np.inf
+    return scores, spaces
+
+
+def reference_curve(
+    strategy: str | Strategy,
+    queries: Embeddings,
+    gallery: Embeddings,
+    order: np.ndarray,
+    points: Sequence[float] | np.ndarray,
+    leave_one_out: bool = False,
+    exclude: np.ndarray | None = None,
+) -> Curve:
+    """The straightforward evaluator (as published evaluation code does it), to check the fast one.
+
+    At every point it rebuilds the merged score matrix and calls scikit-learn's
+    ``average_precision_score`` per query on the retrieved items (scaled by retrieved relevant / all
+    relevant, so unreachable relevant items count as never retrieved); top-k sorts each row with ties broken
+    against the query (irrelevant first). Needs scikit-learn (the ``test`` extra). Slow: checks only.
+    """
+    from sklearn.metrics import average_precision_score
+
+    ex = resolve_exclude(queries.n, gallery.n, exclude, leave_one_out)
+    pts = np.asarray(points, dtype=np.float64).ravel()
+    ap = np.full((queries.n, pts.size), np.nan)
+    hits = np.zeros((queries.n, pts.size, 2), dtype=bool)
+    relevant = (queries.labels[:, None] == gallery.labels[None, :]) & (queries.labels[:, None] >= 0)
+    rows = np.nonzero(ex >= 0)[0]
+    relevant[rows, ex[rows]] = False
+    n_rel = relevant.sum(axis=1)
+    for t, p in enumerate(pts):
+        scores, _ = merged_scores(strategy, queries, gallery, order, p, ex)
+        for i in np.nonzero(n_rel > 0)[0]:
+            seen = np.isfinite(scores[i])
+            rel, sc = relevant[i, seen], scores[i, seen]
+            ap[i, t] = average_precision_score(rel, sc) * rel.sum() / n_rel[i] if rel.any() else 0.0
+            ranked = rel[np.lexsort((rel, -sc.astype(np.float64)))]
+            hits[i, t] = ranked[:1].any(), ranked[:5].any()
+    return Curve(get_strategy(strategy).name, pts, ap, hits[..., 0], hits[..., 1], n_rel > 0)
