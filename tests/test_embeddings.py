@@ -6,7 +6,8 @@ from backfill.embeddings import Embeddings, l2_normalize
 
 def _bundle(n=6, seed=0, **extra):
     rng = np.random.default_rng(seed)
-    return Embeddings(rng.integers(0, 3, n), old=rng.normal(size=(n, 4)) * 3, new=rng.normal(size=(n, 5)), **extra)
+    old, new = rng.normal(size=(n, 4)) * 3, rng.normal(size=(n, 5))
+    return Embeddings(rng.integers(0, 3, n), old=old, new=new, **extra)
 
 
 def test_arrays_are_unit_float32_contiguous():

@@ -21,7 +21,8 @@ def _tied_bundle(n, seed):
     """Entries +-0.5 in d=4: unit vectors whose dot products are exact multiples of 0.25 (many ties)."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 4, n)
-    arrays = {name: 0.5 * rng.choice([-1.0, 1.0], size=(n, 4)) for name in ("old", "new", "transformed", "bct")}
+    names = ("old", "new", "transformed", "bct")
+    arrays = {name: 0.5 * rng.choice([-1.0, 1.0], size=(n, 4)) for name in names}
     return Embeddings(labels, **arrays)
 
 
