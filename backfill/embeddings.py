@@ -23,6 +23,8 @@ _OLD_SPACE = ("transformed", "bct")
 def l2_normalize(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
     """Return ``x`` as a float32 C-contiguous ``(n, d)`` array with unit-length rows.
 
+    Rows whose norm is already within 1e-6 of 1 are left unchanged.
+
     Raises ``ValueError`` naming ``name`` when ``x`` is not 2-D, is empty, holds NaN/inf, or has a zero row
     (which has no direction to normalise to).
     """
@@ -40,7 +42,10 @@ def l2_normalize(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
     norms = np.linalg.norm(arr.astype(np.float64), axis=1, keepdims=True)
     if (norms == 0).any():
         raise ValueError(f"{name}: {int((norms == 0).sum())} row(s) have zero norm")
-    return np.ascontiguousarray(arr / norms.astype(np.float32), dtype=np.float32)
+    # Rows already of unit length (to float32 precision) are kept bit for bit, so that normalising is
+    # idempotent and a saved bundle loads back unchanged.
+    scale = np.where(np.abs(norms - 1.0) <= 1e-6, 1.0, norms).astype(np.float32)
+    return np.ascontiguousarray(arr / scale, dtype=np.float32)
 
 
 def as_int64_vector(x: np.ndarray, name: str, n: int | None = None) -> np.ndarray:
