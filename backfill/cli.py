@@ -178,6 +178,7 @@ def _add_train_transform(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: one per core)")
     p.add_argument("--out", required=True, metavar="PSI.pt", help="psi's weights; the card goes to PSI.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=_run_train_transform)
@@ -197,8 +198,9 @@ def _run_train_transform(args: argparse.Namespace) -> int:
     cards = train_transform(
         args.old, args.new, args.out, dataset=args.dataset, data=args.data, download=args.download,
         loss=args.loss, variant=args.variant, rho=args.rho, rho_out=args.rho_out, views=args.views,
-        feature_cache=args.feature_cache, device=args.device, command="backfill " + " ".join(sys.argv[1:]),
-        progress=not args.no_progress, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        feature_cache=args.feature_cache, device=args.device, threads=args.threads,
+        command="backfill " + " ".join(sys.argv[1:]), progress=not args.no_progress, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr,
         seed=args.seed, **mc_options,
     )
     last = cards["psi"]["history"][-1]

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from backfill.data import ImageDataset, augment_batch, to_tensor_uint8
 from backfill.losses import MC_VARIANTS, MetricCompatibleLoss, TransformRegressionLoss
 from backfill.models import EmbeddingHead, ReverseTransform
-from backfill.training import embed_images, resolve_device
+from backfill.training import configure_threads, embed_images, resolve_device
 
 __all__ = [
     "DEFAULT_TEMPERATURE",
@@ -298,14 +298,15 @@ def train_transform(
     old: str | os.PathLike, new: str | os.PathLike, out: str | os.PathLike, dataset: str | None = None,
     data: str | os.PathLike | None = None, download: bool = False, loss: str = "regression",
     variant: str = "joint", rho: bool = False, rho_out: str | os.PathLike | None = None, views: int = 1,
-    feature_cache: str | os.PathLike | None = None, device: str = "auto", command: str | None = None,
-    progress: bool = True, **fit_options: Any,
+    feature_cache: str | os.PathLike | None = None, device: str = "auto", threads: int | None = None,
+    command: str | None = None, progress: bool = True, **fit_options: Any,
 ) -> dict[str, dict[str, Any]]:
     """Train psi (and rho) for the old/new checkpoints ``old``/``new`` and write them with their cards.
 
     The features are the old and new models' embeddings of every image of the dataset's **train** split
     (all classes: the gallery holds every class). ``fit_options`` go to :func:`fit_transform` (temperature,
-    hard_negatives, regression_weight, epochs, batch_size, lr, seed, ...).
+    hard_negatives, regression_weight, epochs, batch_size, lr, seed, ...). ``threads``: torch CPU threads
+    (default one per core, :func:`backfill.training.configure_threads`; on a busy machine 1 is faster).
 
     Writes ``out`` (kind ``psi``) and, with ``rho``, ``rho_out`` (default :func:`default_rho_path`, kind
     ``rho``; written first, so psi's card can record rho's SHA-256). Each card records the old/new
@@ -323,6 +324,8 @@ def train_transform(
         if card.get("dataset") != dataset:
             raise ValueError(f"the {name} model was trained on {card.get('dataset')!r}, not {dataset!r}")
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        configure_threads(threads)
     train = load_dataset(dataset, "train", data, download)
     old_feats, new_feats, labels = cached_features(
         old_model, old_card, new_model, new_card, train, views, fit_options.get("seed", 0), dev,
