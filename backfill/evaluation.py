@@ -98,19 +98,25 @@ def _order_keys(x: np.ndarray) -> np.ndarray:
     """Exact order-preserving int64 keys of float32 scores (``-0.0`` must already be ``+0.0``).
 
     Flipping the 31 low bits of negative floats makes their int32 bit patterns sort like the floats, with
-    equal floats <-> equal keys and -inf/+inf at the ends.
+    equal floats <-> equal keys and -inf/+inf at the ends. ``x`` is overwritten (it is a scratch copy).
     """
     bits = x.view(np.int32)
-    return (bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))).astype(np.int64)
+    flip = bits >> 31
+    flip &= np.int32(0x7FFFFFFF)
+    bits ^= flip
+    return bits.astype(np.int64)
 
 
-def _segment_counts(scores: np.ndarray, values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+def _segment_counts(
+    scores: np.ndarray, values: np.ndarray, n_values: np.ndarray, bounds: np.ndarray
+) -> np.ndarray:
     """``counts[i, s, v]`` = number of entries of ``scores[i, bounds[s]:bounds[s+1]]`` ``>= values[i, v]``.
 
-    ``scores`` ``(nb, N)`` float32, ``values`` ``(nb, V)`` float32 sorted ascending per row, ``bounds``
-    ``(S+1,)`` increasing from 0 to N. Each segment is sorted once; all values are then located in all
-    segments with one binary search call per row over exact integer keys ``(segment << 32) + key(score)``,
-    which keep segments apart; sorted values keep the successive searches in cache.
+    ``scores`` ``(nb, N)`` float32, ``values`` ``(nb, V)`` float32 sorted ascending per row, of which only the
+    first ``n_values[i]`` of row i are needed (the rest get count 0), ``bounds`` ``(S+1,)`` increasing from 0
+    to N. Each segment is sorted once; the values are then located in all segments with one binary search
+    call per row over exact integer keys ``(segment << 32) + key(score)``, which keep segments apart; sorted
+    values keep the successive searches in cache.
     """
     nb, n = scores.shape
     lengths = np.diff(bounds)
@@ -124,11 +130,14 @@ def _segment_counts(scores: np.ndarray, values: np.ndarray, bounds: np.ndarray) 
     seg_shift = np.arange(n_seg, dtype=np.int64) << 32
     keys = _order_keys(ordered)
     keys += np.repeat(seg_shift, lengths)
-    value_keys = (_order_keys(values)[:, None, :] + seg_shift[:, None]).reshape(nb, -1)
-    below = np.empty((nb, n_seg * values.shape[1]), dtype=np.int64)
+    value_keys = _order_keys(values.copy())[:, None, :] + seg_shift[:, None]
+    counts = np.zeros((nb, n_seg, values.shape[1]), dtype=np.int32)
+    ends = bounds[1:, None]
     for i in range(nb):  # numpy has no batched searchsorted; per row, its keys stay in cache
-        below[i] = np.searchsorted(keys[i], value_keys[i], side="left")
-    return bounds[1:, None] - below.reshape(nb, n_seg, -1)
+        nv = n_values[i]
+        found = np.searchsorted(keys[i], value_keys[i, :, :nv].ravel(), side="left").reshape(n_seg, nv)
+        counts[i, :, :nv] = ends - found
+    return counts
 
 
 def _tie_group_start(ordered: np.ndarray) -> np.ndarray:
@@ -220,21 +229,23 @@ def _evaluate_sides(
         value_is_b = perm >= r
         value_ok = np.take_along_axis(mask, item, axis=1) & np.where(value_is_b, b is not None, u is not None)
         group_start = _tie_group_start(values)
-        no_side = np.zeros((rows.size, n_seg, 2 * r), np.int64)
-        cu, cb = (no_side if x is None else _segment_counts(x, values, bounds) for x in sims)
+        n_values = value_ok.sum(axis=1)  # the needed values come first (the others are +inf)
+        no_side = np.zeros((rows.size, n_seg, 2 * r), np.int32)
+        cu, cb = (no_side if x is None else _segment_counts(x, values, n_values, bounds) for x in sims)
         del sims
         # n_ge at bound k: B-side counts of segments < k plus U-side counts of segments >= k.
-        n_ge_all = np.zeros((rows.size, n_seg + 1, 2 * r), dtype=np.int64)
-        np.cumsum(cb, axis=1, out=n_ge_all[:, 1:])
-        n_ge_all[:, :-1] += np.cumsum(cu[:, ::-1], axis=1)[:, ::-1]
-        for t, (m, k) in enumerate(zip(ms, bound_index, strict=True)):
-            # Each reachable relevant item has exactly one active value: its score at this ratio.
-            active = value_ok & (value_is_b == (value_pos < m))
-            active_at_or_above = np.cumsum(active[:, ::-1], axis=1)[:, ::-1]
-            rel_ge = np.take_along_axis(active_at_or_above, group_start, axis=1)
-            n_ge = n_ge_all[:, k]
-            ap[rows, t] = ap_from_counts(n_ge, rel_ge, active, n_rel)
-            hits[rows, t] = hits_from_counts(n_ge, rel_ge, active, ks=(1, 5))
+        n_ge_all = np.zeros((rows.size, n_seg + 1, 2 * r), dtype=np.int32)
+        np.cumsum(cb, axis=1, dtype=np.int32, out=n_ge_all[:, 1:])
+        n_ge_all[:, :-1] += np.cumsum(cu[:, ::-1], axis=1, dtype=np.int32)[:, ::-1]
+        n_ge = n_ge_all[:, bound_index]  # (nb, T, V)
+        # At each point every reachable relevant item has exactly one active value: its current score.
+        in_b = value_pos[:, None, :] < ms[None, :, None]
+        active = value_ok[:, None, :] & (value_is_b[:, None, :] == in_b)
+        at_or_above = np.cumsum(active[..., ::-1], axis=2, dtype=np.int32)[..., ::-1]
+        rel_ge = np.take_along_axis(at_or_above, np.broadcast_to(group_start[:, None, :], n_ge.shape), axis=2)
+        flat = (n_ge.reshape(-1, 2 * r), rel_ge.reshape(-1, 2 * r), active.reshape(-1, 2 * r))
+        ap[rows] = ap_from_counts(*flat, np.repeat(n_rel, ms.size)).reshape(rows.size, ms.size)
+        hits[rows] = hits_from_counts(*flat, ks=(1, 5)).reshape(rows.size, ms.size, 2)
     return ap, hits, n_rel_all
 
 

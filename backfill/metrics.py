@@ -48,7 +48,8 @@ def hits_from_counts(
     relevant item. A query with no retrieved relevant item is a miss.
     """
     never = np.iinfo(np.int64).max
-    irrelevant_above = np.where(reached, n_ge - rel_ge, never).min(axis=1, initial=never)
+    irrelevant = np.asarray(n_ge, dtype=np.int64) - np.asarray(rel_ge, dtype=np.int64)
+    irrelevant_above = np.where(reached, irrelevant, never).min(axis=1, initial=never)
     return irrelevant_above[:, None] < np.asarray(ks, dtype=np.int64)[None, :]
 
 
