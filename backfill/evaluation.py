@@ -195,12 +195,13 @@ def _evaluate_sides(
     ap = np.empty((n_q, ms.size), dtype=np.float64)
     hits = np.empty((n_q, ms.size, 2), dtype=bool)
     n_rel_all = np.empty(n_q, dtype=np.int64)
+    # Size the blocks from the largest class (bytes per query: similarity rows and their sorted int64 keys,
+    # then per relevant value the segment counts and the per-point arrays).
+    r_guess = max(int(np.bincount(np.maximum(prob.g_labels, 0)).max()), 1)
+    per_row = 24 * n + 2 * r_guess * (16 * (n_seg + 1) + 24 * ms.size)
+    nb = block_size or int(np.clip(_BLOCK_BYTES // per_row, 1, 1024))
     start = 0
     while start < n_q:
-        # Size the block from the largest class it may touch, to bound memory.
-        r_guess = max(int(np.bincount(np.maximum(prob.g_labels, 0)).max()), 1)
-        per_row = 24 * n + 8 * 2 * r_guess * (n_seg + 1) * 4
-        nb = block_size or int(np.clip(_BLOCK_BYTES // per_row, 1, 1024))
         rows = np.arange(start, min(start + nb, n_q))
         start = rows[-1] + 1
         relpos, mask, n_rel = _relevant_positions(prob, rows)
