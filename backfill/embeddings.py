@@ -65,7 +65,7 @@ def as_int64_vector(x: np.ndarray, name: str, n: int | None = None) -> np.ndarra
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
-@dataclass
+@dataclass(eq=False)  # arrays have no single truth value: compare bundles field by field
 class Embeddings:
     """Embeddings of ``n`` images under the compared models.
 
