@@ -358,6 +358,36 @@ def evaluate_curve(
     return Curve(strat.name, pts, ap, hits[..., 0], hits[..., 1], n_rel > 0)
 
 
+def summarize_curve(curve: Curve, old: Curve | None = None, new_map: float | None = None) -> dict:
+    """JSON-ready summary of one curve.
+
+    Keys: ``points``, ``map``, ``top1``, ``top5`` (lists), ``auc_map``, ``auc_top1``, ``auc_top5``; with
+    ``old`` (the old/old curve of the same queries; its first point is used, old/old does not depend on
+    the ratio): ``negative_flip`` (list: share of counted queries whose old/old top-1 is right and this
+    curve's is wrong) and ``max_negative_flip``; with ``old`` and ``new_map`` (new/new mAP):
+    ``relative_gain`` = (auc_map - old/old mAP) / (new_map - old/old mAP), ``None`` when new == old.
+    """
+    out: dict = {
+        "points": [float(p) for p in curve.points],
+        "map": curve.map.tolist(),
+        "top1": curve.top1.tolist(),
+        "top5": curve.top5.tolist(),
+        "auc_map": area_under_curve(curve.map),
+        "auc_top1": area_under_curve(curve.top1),
+        "auc_top5": area_under_curve(curve.top5),
+    }
+    if old is not None:
+        if old.valid.shape != curve.valid.shape:
+            raise ValueError("old curve: evaluated on different queries")
+        flips = negative_flip_rate(old.hit1[curve.valid, 0], curve.hit1[curve.valid])
+        out["negative_flip"] = flips.tolist()
+        out["max_negative_flip"] = float(flips.max())
+        if new_map is not None:
+            gain = relative_gain(out["auc_map"], float(old.map[0]), float(new_map))
+            out["relative_gain"] = None if np.isnan(gain) else gain
+    return out
+
+
 def evaluate_strategies(
     embeddings: Embeddings,
     strategies: Sequence[str] | None,
@@ -395,33 +425,20 @@ def evaluate_strategies(
         return evaluate_curve(name, embeddings, embeddings, order, at, True, block_size=block_size)
 
     reference: dict[str, float] = {}
-    old_curve = None
+    old_curve = new_map = None
     if "old" in embeddings.available:
         old_curve = run("old", np.zeros(1))
         reference.update(old_map=float(old_curve.map[0]), old_top1=float(old_curve.top1[0]))
     if "new" in embeddings.available:
         new_curve = run(NEW_REFERENCE.name, np.ones(1))
-        reference.update(new_map=float(new_curve.map[0]), new_top1=float(new_curve.top1[0]))
+        new_map = float(new_curve.map[0])
+        reference.update(new_map=new_map, new_top1=float(new_curve.top1[0]))
     out: dict = {"points": [float(p) for p in pts], "reference": reference, "strategies": {}}
     for name in names:
         curve = run(name, pts)
         out["n_queries"], out["n_excluded_queries"] = curve.n_queries, curve.n_excluded
-        res: dict = {
-            "label": get_strategy(name).label,
-            "map": curve.map.tolist(),
-            "top1": curve.top1.tolist(),
-            "top5": curve.top5.tolist(),
-            "auc_map": area_under_curve(curve.map),
-            "auc_top1": area_under_curve(curve.top1),
-            "auc_top5": area_under_curve(curve.top5),
-        }
-        if "old_map" in reference and "new_map" in reference:
-            gain = relative_gain(res["auc_map"], reference["old_map"], reference["new_map"])
-            res["relative_gain"] = None if np.isnan(gain) else gain
-        if old_curve is not None:
-            flips = negative_flip_rate(old_curve.hit1[curve.valid, 0], curve.hit1[curve.valid])
-            res["negative_flip"] = flips.tolist()
-            res["max_negative_flip"] = float(flips.max())
+        res = {"label": get_strategy(name).label, **summarize_curve(curve, old_curve, new_map)}
+        del res["points"]
         out["strategies"][name] = res
     return out
 

@@ -107,6 +107,34 @@ def nearest_centroid_priority(old: np.ndarray, centroids: np.ndarray) -> np.ndar
     return 1.0 - (emb @ cen.T).max(axis=1).astype(np.float64)
 
 
+def classifier_entropy_priority(
+    old: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, temperature: float = 1.0
+) -> np.ndarray:
+    """Deployable priority: entropy of the old classifier's softmax on the stored old embeddings.
+
+    ``logits = old @ weight.T + bias`` (``weight`` ``(c, d_o)``, ``bias`` ``(c,)``), divided by
+    ``temperature``. Items the old model is least sure about are backfilled first (FastFill's
+    uncertainty-first order). Returns ``(n,)`` float64 entropies in nats; feed it to :func:`order_by_score`.
+    """
+    emb = _check_2d("old", old).astype(np.float64)
+    w = _check_2d("weight", weight).astype(np.float64)
+    if w.shape[1] != emb.shape[1]:
+        raise ValueError(f"weight: dimension {w.shape[1]} does not match old embeddings' {emb.shape[1]}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    logits = emb @ w.T
+    if bias is not None:
+        b = np.asarray(bias, dtype=np.float64)
+        if b.shape != (w.shape[0],):
+            raise ValueError(f"bias: expected shape ({w.shape[0]},), got {b.shape}")
+        logits += b
+    logits /= temperature
+    logits -= logits.max(axis=1, keepdims=True)  # stable softmax
+    p = np.exp(logits)
+    p /= p.sum(axis=1, keepdims=True)
+    return -(p * np.log(np.maximum(p, 1e-300))).sum(axis=1)
+
+
 def oracle_priority(old: np.ndarray, new: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Upper-bound reference priority that peeks at new embeddings and labels (not deployable).
 

@@ -4,6 +4,7 @@ import pytest
 from backfill.ordering import (
     BackfillState,
     class_centroids,
+    classifier_entropy_priority,
     nearest_centroid_priority,
     num_backfilled,
     oracle_priority,
@@ -86,3 +87,17 @@ def test_centroid_priorities_give_permutations():
     assert _is_perm(order_by_score(oracle_priority(old, new, labels)), 30)
     with pytest.raises(ValueError, match="dimension"):
         nearest_centroid_priority(old, c[:, :4])
+
+
+def test_classifier_entropy_priority():
+    weight = np.array([[10.0, 0.0], [0.0, 10.0]])
+    old = np.array([[1.0, 0.0], [0.7071, 0.7071], [0.0, 1.0]])
+    ent = classifier_entropy_priority(old, weight)
+    assert ent[1] == pytest.approx(np.log(2), rel=1e-3)  # equidistant from both classes: most uncertain
+    assert ent[0] < 1e-3 and order_by_score(ent)[0] == 1
+    flat = classifier_entropy_priority(old, weight, bias=np.array([0.0, 0.0]), temperature=1e6)
+    np.testing.assert_allclose(flat, np.log(2), rtol=1e-6)
+    with pytest.raises(ValueError, match="dimension"):
+        classifier_entropy_priority(old, np.ones((2, 3)))
+    with pytest.raises(ValueError, match="temperature"):
+        classifier_entropy_priority(old, weight, temperature=0)
