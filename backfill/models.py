@@ -1,9 +1,14 @@
 """Networks that produce embeddings: backbones, the reverse transformation psi and the new-model head rho.
 
 Every network here returns L2-normalised float32 embeddings (design.md convention). Backbones return
-``(embedding, logits)`` from ``forward`` and expose ``embed(x)``; their classifier is a bias-free
-``nn.Linear`` applied to the *normalised* embedding, so that the BCT influence loss (the new embedding fed
-through the frozen old classifier) compares vectors on the same scale as the old model's own training.
+``(embedding, logits)`` from ``forward`` and expose ``embed(x)``. Their classifier is a *cosine* classifier
+(NormFace, Wang et al. 2017): ``logits = s * normalise(W) . embedding`` with a fixed scale ``s``
+(``logit_scale``, default 16), stored as a bias-free ``nn.Linear`` ``classifier`` whose rows are the class
+directions. Why: a plain linear layer on unit-norm embeddings starts with near-uniform softmax outputs and
+must first grow its weights against weight decay - measured here, a ResNet-8 was still at chance loss
+after a full CIFAR epoch. The cosine form also makes BCT's recipe exact: an unseen class's row is the
+normalised mean of its old embeddings, just like a trained row (``extend_classifier``; ``logit_layer``
+gives the equivalent plain ``nn.Linear`` for ``BCTInfluenceLoss``).
 
 Each module carries a ``spec`` dict (architecture name + constructor arguments); ``build_model(spec)``
 rebuilds an untrained module from it, which is how checkpoints are reloaded from their JSON card.
@@ -55,13 +60,33 @@ class _BasicBlock(nn.Module):
 
 
 class _Backbone(nn.Module):
-    """Shared tail of the backbones: features -> Linear embedding -> L2 norm -> bias-free classifier."""
+    """Shared tail of the backbones: features -> Linear embedding -> L2 norm -> cosine classifier."""
 
     spec: dict[str, Any]
 
-    def _init_head(self, feature_dim: int, embedding_dim: int, num_classes: int) -> None:
+    def _init_head(self, feature_dim: int, embedding_dim: int, num_classes: int,
+                   logit_scale: float | None) -> None:
+        if logit_scale is not None and not logit_scale > 0:
+            raise ValueError(f"logit_scale must be positive, got {logit_scale!r}")
+        # None: plain linear logits ``W . emb``, only to reload checkpoints written before the cosine head.
+        self.logit_scale = None if logit_scale is None else float(logit_scale)
         self.embedding = nn.Linear(feature_dim, embedding_dim)
         self.classifier = nn.Linear(embedding_dim, num_classes, bias=False)
+
+    def logits(self, emb: torch.Tensor) -> torch.Tensor:
+        """Cosine logits ``s * normalise(W) . emb`` of L2-normalised embeddings ``emb`` (n, d)."""
+        if self.logit_scale is None:
+            return self.classifier(emb)
+        return self.logit_scale * F.linear(emb, F.normalize(self.classifier.weight, dim=1))
+
+    def logit_layer(self) -> nn.Linear:
+        """A plain, detached ``nn.Linear`` (no bias) with weight ``s * normalise(W)``: ``layer(emb) ==
+        self.logits(emb)``. This is the "old classifier" the BCT influence loss feeds new embeddings to."""
+        w = self.classifier.weight.detach()
+        layer = nn.Linear(w.shape[1], w.shape[0], bias=False).to(device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(w if self.logit_scale is None else self.logit_scale * F.normalize(w, dim=1))
+        return layer.requires_grad_(False)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -73,7 +98,7 @@ class _Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(embedding (n, d) L2-normalised, logits (n, num_classes))``."""
         emb = self.embed(x)
-        return emb, self.classifier(emb)
+        return emb, self.logits(emb)
 
     @property
     def embedding_dim(self) -> int:
@@ -89,7 +114,7 @@ class CifarResNet(_Backbone):
 
     A 3x3 stem with ``width`` channels, then 3 stages of ``n = (depth - 2) / 6`` basic blocks with
     ``width``, ``2 * width``, ``4 * width`` channels (stride 1, 2, 2), global average pooling, a linear
-    embedding layer to ``embedding_dim``, L2 normalisation and a bias-free linear classifier.
+    embedding layer to ``embedding_dim``, L2 normalisation and a cosine classifier (scale ``logit_scale``).
     ``depth=20, width=16`` is the paper's ResNet-20; ``depth=8`` (n=1) is the smallest member.
 
     Parameters
@@ -103,7 +128,7 @@ class CifarResNet(_Backbone):
 
     def __init__(
         self, depth: int = 8, width: int = 16, embedding_dim: int = 128, num_classes: int = 100,
-        in_channels: int = 3,
+        in_channels: int = 3, logit_scale: float | None = 16.0,
     ) -> None:
         super().__init__()
         for name, value in (("depth", depth), ("width", width), ("embedding_dim", embedding_dim),
@@ -112,7 +137,7 @@ class CifarResNet(_Backbone):
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CifarResNet depth must be 6n+2 with n >= 1 (8, 14, 20, ...), got {depth}")
         self.spec = {"arch": "resnet", "depth": depth, "width": width, "embedding_dim": embedding_dim,
-                     "num_classes": num_classes, "in_channels": in_channels}
+                     "num_classes": num_classes, "in_channels": in_channels, "logit_scale": logit_scale}
         n = (depth - 2) // 6
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
@@ -124,7 +149,7 @@ class CifarResNet(_Backbone):
                 blocks.append(_BasicBlock(c_in, c_out, stride=2 if (stage > 0 and i == 0) else 1))
                 c_in = c_out
         self.blocks = nn.Sequential(*blocks)
-        self._init_head(c_in, embedding_dim, num_classes)
+        self._init_head(c_in, embedding_dim, num_classes, logit_scale)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -139,19 +164,20 @@ class SmallCNN(_Backbone):
 
     conv3x3(w)-BN-ReLU, conv3x3(w)-BN-ReLU, maxpool 2 (14x14), conv3x3(2w)-BN-ReLU, conv3x3(2w)-BN-ReLU,
     maxpool 2 (7x7), conv3x3(4w)-BN-ReLU, global average pooling, linear embedding to ``embedding_dim``,
-    L2 normalisation, bias-free linear classifier. ``width`` sets the capacity (the heterogeneous setting
+    L2 normalisation, cosine classifier. ``width`` sets the capacity (the heterogeneous setting
     uses a narrower old model).
     """
 
     def __init__(
-        self, width: int = 32, embedding_dim: int = 128, num_classes: int = 10, in_channels: int = 1,
+        self, width: int = 16, embedding_dim: int = 128, num_classes: int = 10, in_channels: int = 1,
+        logit_scale: float | None = 16.0,
     ) -> None:
         super().__init__()
         for name, value in (("width", width), ("embedding_dim", embedding_dim),
                             ("num_classes", num_classes), ("in_channels", in_channels)):
             _check_positive(name, value)
         self.spec = {"arch": "cnn", "width": width, "embedding_dim": embedding_dim,
-                     "num_classes": num_classes, "in_channels": in_channels}
+                     "num_classes": num_classes, "in_channels": in_channels, "logit_scale": logit_scale}
 
         def conv(c_in: int, c_out: int) -> list[nn.Module]:
             return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
@@ -162,7 +188,7 @@ class SmallCNN(_Backbone):
             *conv(w, 2 * w), *conv(2 * w, 2 * w), nn.MaxPool2d(2),
             *conv(2 * w, 4 * w),
         )
-        self._init_head(4 * w, embedding_dim, num_classes)
+        self._init_head(4 * w, embedding_dim, num_classes, logit_scale)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features ``(n, 4 * width)`` before the embedding layer."""
@@ -233,9 +259,10 @@ def extend_classifier(
     Rows of classes the old model was trained on are copied. Each class ``c >= old_classifier.out_features``
     (never seen by the old model) gets as weight row the L2-normalised mean of the old embeddings of its
     training images - BCT's recipe (Shen et al., CVPR 2020, section 3.2) - *scaled to the mean norm of the
-    trained rows*. The scaling is our choice: the trained rows of a classifier on unit-norm embeddings grow
-    to norm ~5-10, and a unit-norm row would make the unseen classes' logits unreachable. A class with no
-    sample keeps a zero row. Bias (if any) of new rows is the mean trained bias.
+    trained rows*, so its logits live on the same scale as the trained classes'. For our backbones pass
+    ``old_model.logit_layer()``, whose rows all have norm ``logit_scale``: the new rows then equal the
+    cosine classifier's own rows (unit direction times ``s``). A class with no sample keeps a zero row.
+    Bias (if any) of new rows is the mean trained bias.
 
     Parameters
     ----------
@@ -299,6 +326,8 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     if arch not in _ARCHS:
         raise ValueError(f"unknown model arch {arch!r}; expected one of {sorted(_ARCHS)}")
     kwargs = {k: v for k, v in spec.items() if k != "arch"}
+    if arch in ("resnet", "cnn") and "logit_scale" not in kwargs:
+        kwargs["logit_scale"] = None  # a card from before the cosine classifier: plain linear logits
     try:
         return _ARCHS[arch](**kwargs)
     except TypeError as exc:

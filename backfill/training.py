@@ -251,7 +251,7 @@ def _bct_classifier(cfg: TrainConfig, train: ImageDataset, num_classes: int, dev
     unseen = train.labels >= old_classes
     old_emb = embed_images(old_model, train.images[unseen], cfg.dataset, device=device)
     unseen_labels = torch.from_numpy(train.labels[unseen])
-    classifier = extend_classifier(old_model.classifier.cpu(), old_emb, unseen_labels, num_classes)
+    classifier = extend_classifier(old_model.logit_layer().cpu(), old_emb, unseen_labels, num_classes)
     log(f"bct: old classifier ({old_classes} classes) extended to {num_classes} with class means of "
         f"{int(unseen.sum())} old embeddings")
     return classifier.to(device), {"path": str(cfg.old), "sha256": old_card.get("weights_sha256"),

@@ -49,6 +49,22 @@ def test_small_cnn_outputs():
     assert model.embedding_dim == 8 and model.num_classes == 10
 
 
+@pytest.mark.parametrize("model", [CifarResNet(8, 4, 16, 5, logit_scale=10.0), SmallCNN(4, 8, 3)])
+def test_cosine_logits_and_equivalent_linear_layer(model):
+    model.eval()
+    x = torch.randn(4, model.spec["in_channels"], 32 if model.spec["arch"] == "resnet" else 28,
+                    32 if model.spec["arch"] == "resnet" else 28)
+    emb, logits = model(x)
+    s = model.spec["logit_scale"]
+    assert logits.abs().max() <= s + 1e-4  # cosine logits are bounded by the scale
+    layer = model.logit_layer()
+    assert isinstance(layer, nn.Linear) and layer.bias is None and not layer.weight.requires_grad
+    assert torch.allclose(layer(emb), logits, atol=1e-5)
+    assert torch.allclose(layer.weight.norm(dim=1), torch.full((layer.out_features,), s))
+    with pytest.raises(ValueError, match="logit_scale"):
+        CifarResNet(logit_scale=0.0)
+
+
 def test_reverse_transform_is_normalised():
     psi = ReverseTransform(d_in=12, d_out=6, hidden=20)
     out = psi(torch.randn(4, 12))
@@ -105,6 +121,13 @@ def test_build_model_round_trips_spec(model):
     rebuilt = build_model(model.spec)
     assert type(rebuilt) is type(model) and rebuilt.spec == model.spec
     rebuilt.load_state_dict(model.state_dict())  # same parameter names and shapes
+
+
+def test_spec_without_logit_scale_rebuilds_a_plain_linear_head():
+    spec = {k: v for k, v in SmallCNN(4, 8, 3).spec.items() if k != "logit_scale"}
+    model = build_model(spec).eval()
+    emb = torch.nn.functional.normalize(torch.randn(2, 8), dim=1)
+    assert model.logit_scale is None and torch.allclose(model.logits(emb), model.classifier(emb))
 
 
 def test_build_model_errors():
