@@ -1,0 +1,268 @@
+"""Figure builders for the explorer app and the docs: backfill curves and the teaching pictures.
+
+Every builder takes plain numpy arrays and dicts (no models, no streamlit) and returns a plotly
+``go.Figure``, so the same figures serve the app, notebooks and tests (which read ``fig.to_dict()``).
+``curves_png`` renders the curves with matplotlib for a static download, because plotly's own PNG
+export needs kaleido and a browser, which are not available offline here.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+# One colour per method, stable across figures, so "full" is the same green everywhere.
+METHOD_COLORS: dict[str, str] = {
+    "old": "#7f7f7f",
+    "offline": "#bcbd22",
+    "new_partial": "#d62728",
+    "bct": "#9467bd",
+    "rank_merge": "#ff7f0e",
+    "rt_merge": "#1f77b4",
+    "full": "#2ca02c",
+    "full_rho": "#17becf",
+}
+_FALLBACK_COLORS = ("#8c564b", "#e377c2", "#393b79", "#637939", "#843c39")
+METRIC_TITLES: dict[str, str] = {"map": "mAP", "top1": "Top-1 accuracy", "top5": "Top-5 accuracy"}
+SPACE_COLORS: dict[str, str] = {"old": "#ff7f0e", "new": "#1f77b4"}
+
+
+def method_color(name: str, position: int = 0) -> str:
+    """Colour of method ``name``; unknown names get a fallback colour picked by ``position``."""
+    return METHOD_COLORS.get(name, _FALLBACK_COLORS[position % len(_FALLBACK_COLORS)])
+
+
+def _check_points(points: np.ndarray, series: Mapping[str, np.ndarray]) -> np.ndarray:
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 1 or points.size == 0:
+        raise ValueError(f"points must be a non-empty 1-D array of ratios, got shape {points.shape}")
+    if np.any(points < 0) or np.any(points > 1):
+        raise ValueError("points must be backfill ratios in [0, 1]")
+    for name, values in series.items():
+        if np.asarray(values).shape != points.shape:
+            raise ValueError(
+                f"series {name!r} has shape {np.asarray(values).shape}, expected {points.shape} "
+                "(one value per point)"
+            )
+    return points
+
+
+def curve_figure(
+    points: np.ndarray,
+    series: Mapping[str, np.ndarray],
+    *,
+    labels: Mapping[str, str] | None = None,
+    references: Mapping[str, float] | None = None,
+    ratio: float | None = None,
+    metric: str = "map",
+    title: str | None = None,
+) -> go.Figure:
+    """Line chart of a retrieval metric against the backfill percentage.
+
+    Args:
+        points: ``(P,)`` backfill ratios in [0, 1] (plotted as 0-100 %).
+        series: method name -> ``(P,)`` metric values in [0, 1] (plotted as %), one line each.
+        labels: method name -> legend label (defaults to the name).
+        references: label -> constant value in [0, 1], drawn as dashed horizontal lines
+            (e.g. ``{"old/old": 0.31, "new/new": 0.52}``).
+        ratio: current slider position in [0, 1]; drawn as a vertical marker with the value of every
+            series at that position (linear interpolation between points) as marker dots.
+        metric: key of ``METRIC_TITLES`` naming the y axis.
+        title: figure title (defaults to "<metric> during backfilling").
+
+    Returns:
+        A plotly figure, data as plain lists (readable JSON). Traces are named by the legend labels;
+        the marker dots are one trace named ``"current"`` whose ``x`` is the slider position in %.
+    """
+    points = _check_points(points, series)
+    if not series:
+        raise ValueError("series is empty: nothing to plot")
+    if ratio is not None and not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+    labels = dict(labels or {})
+    metric_title = METRIC_TITLES.get(metric, metric)
+    x = points * 100.0
+    fig = go.Figure()
+    for position, (name, values) in enumerate(series.items()):
+        fig.add_trace(
+            go.Scatter(
+                x=x.tolist(),
+                y=(np.asarray(values, dtype=np.float64) * 100.0).tolist(),
+                mode="lines+markers",
+                name=labels.get(name, name),
+                line={"color": method_color(name, position), "width": 2.5},
+                marker={"size": 5},
+                hovertemplate="%{x:.0f}%% backfilled: %{y:.2f}<extra>" + labels.get(name, name) + "</extra>",
+            )
+        )
+    for position, (label, value) in enumerate((references or {}).items()):
+        fig.add_hline(
+            y=float(value) * 100.0,
+            line={"dash": "dash", "color": "#444444" if position else "#999999", "width": 1.5},
+            annotation_text=f"{label} {float(value) * 100:.1f}",
+            annotation_position="top left" if position else "bottom left",
+        )
+    if ratio is not None:
+        fig.add_vline(x=ratio * 100.0, line={"color": "black", "width": 1.5, "dash": "dot"})
+        current = [float(np.interp(ratio, points, np.asarray(v, dtype=np.float64))) * 100
+                   for v in series.values()]
+        fig.add_trace(
+            go.Scatter(
+                x=[ratio * 100.0] * len(current),
+                y=current,
+                mode="markers",
+                name="current",
+                showlegend=False,
+                marker={
+                    "size": 11,
+                    "symbol": "circle-open",
+                    "line": {"width": 2},
+                    "color": [method_color(n, i) for i, n in enumerate(series)],
+                },
+                hovertemplate="%{y:.2f}<extra>at slider</extra>",
+            )
+        )
+    fig.update_layout(
+        title=title or f"{metric_title} during backfilling",
+        xaxis={"title": "backfilled (%)", "range": [-2, 102]},
+        yaxis={"title": f"{metric_title} (%)"},
+        legend={"orientation": "h", "yanchor": "bottom", "y": -0.35},
+        margin={"l": 50, "r": 20, "t": 50, "b": 20},
+        height=420,
+    )
+    return fig
+
+
+def curves_png(
+    points: np.ndarray,
+    series: Mapping[str, np.ndarray],
+    *,
+    labels: Mapping[str, str] | None = None,
+    references: Mapping[str, float] | None = None,
+    ratio: float | None = None,
+    metric: str = "map",
+    title: str | None = None,
+    dpi: int = 120,
+) -> bytes:
+    """The same chart as ``curve_figure``, rendered with matplotlib as PNG bytes (for downloads/docs)."""
+    points = _check_points(points, series)
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on servers
+    from matplotlib.figure import Figure
+
+    labels = dict(labels or {})
+    metric_title = METRIC_TITLES.get(metric, metric)
+    fig = Figure(figsize=(7, 4.2), dpi=dpi)
+    ax = fig.add_subplot()
+    for position, (name, values) in enumerate(series.items()):
+        ax.plot(points * 100, np.asarray(values) * 100, marker="o", markersize=3,
+                color=method_color(name, position), label=labels.get(name, name))
+    for position, (label, value) in enumerate((references or {}).items()):
+        ax.axhline(float(value) * 100, linestyle="--", linewidth=1,
+                   color="#444444" if position else "#999999", label=f"{label} ({float(value) * 100:.1f})")
+    if ratio is not None:
+        ax.axvline(ratio * 100, color="black", linestyle=":", linewidth=1)
+    ax.set_xlabel("backfilled (%)")
+    ax.set_ylabel(f"{metric_title} (%)")
+    ax.set_title(title or f"{metric_title} during backfilling")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def figure_html(fig: go.Figure) -> str:
+    """A standalone HTML page of ``fig`` with plotly.js embedded, so it opens offline."""
+    return fig.to_html(include_plotlyjs=True, full_html=True)
+
+
+def projection_figure(
+    old_xy: np.ndarray,
+    new_xy: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    seen_by_old: Sequence[int] = (),
+) -> go.Figure:
+    """Side-by-side 2-D scatter of the same images in the old and the new embedding space.
+
+    Args:
+        old_xy, new_xy: ``(n, 2)`` projected coordinates (e.g. the first two principal components).
+        labels: ``(n,)`` class ids indexing ``class_names``.
+        class_names: names of all classes.
+        seen_by_old: class ids the old model was trained on; the others are drawn with crosses and
+            marked "(new class)" because the old model never saw them.
+    """
+    old_xy, new_xy, labels = np.asarray(old_xy), np.asarray(new_xy), np.asarray(labels)
+    if old_xy.shape != new_xy.shape or old_xy.ndim != 2 or old_xy.shape[1] != 2:
+        raise ValueError(f"old_xy and new_xy must both be (n, 2), got {old_xy.shape} and {new_xy.shape}")
+    if labels.shape != (old_xy.shape[0],):
+        raise ValueError(f"labels must have shape ({old_xy.shape[0]},), got {labels.shape}")
+    seen = set(int(c) for c in seen_by_old)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("old model's space", "new model's space"))
+    palette = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+    for position, cls in enumerate(np.unique(labels)):
+        mask = labels == cls
+        name = str(class_names[int(cls)]) + ("" if int(cls) in seen else " (new class)")
+        style = {"color": palette[position % len(palette)], "size": 6,
+                 "symbol": "circle" if int(cls) in seen else "x"}
+        for col, xy in ((1, old_xy), (2, new_xy)):
+            fig.add_trace(
+                go.Scatter(x=xy[mask, 0].tolist(), y=xy[mask, 1].tolist(), mode="markers", name=name,
+                           legendgroup=name, showlegend=col == 1, marker=style, opacity=0.75),
+                row=1, col=col,
+            )
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      legend={"orientation": "h", "y": -0.1})
+    return fig
+
+
+def score_distribution_figure(panels: Mapping[str, Mapping[str, np.ndarray]], bins: int = 50) -> go.Figure:
+    """Score densities (histograms drawn as step lines), one subplot per panel.
+
+    Args:
+        panels: panel title -> {series name -> 1-D array of similarity scores}. Typical series: positive
+            and negative pairs scored in the old space and in the new space. Series whose name contains
+            "old" are orange, the others blue; series whose name contains "neg" are dashed.
+        bins: histogram bins over the common score range of all panels.
+
+    Only the binned densities go into the figure (not the raw scores), so it stays small in the browser.
+    """
+    if not panels:
+        raise ValueError("panels is empty: nothing to plot")
+    arrays = [np.asarray(s, dtype=np.float64).ravel() for panel in panels.values() for s in panel.values()]
+    arrays = [a for a in arrays if a.size]
+    if not arrays:
+        raise ValueError("no scores to plot")
+    low = min(float(a.min()) for a in arrays)
+    high = max(float(a.max()) for a in arrays)
+    edges = np.linspace(low, max(high, low + 1e-6), bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=tuple(panels), shared_yaxes=True)
+    for col, panel in enumerate(panels.values(), start=1):
+        for name, scores in panel.items():
+            scores = np.asarray(scores, dtype=np.float64).ravel()
+            if scores.size == 0:
+                continue
+            density, _ = np.histogram(scores, bins=edges, density=True)
+            fig.add_trace(
+                go.Scatter(
+                    x=centres.tolist(), y=density.tolist(), mode="lines", name=name, legendgroup=name,
+                    showlegend=col == 1,
+                    line={"shape": "hvh", "width": 2, "dash": "dash" if "neg" in name else "solid",
+                          "color": SPACE_COLORS["old" if "old" in name else "new"]},
+                ),
+                row=1, col=col,
+            )
+    fig.update_layout(height=340, margin={"l": 40, "r": 10, "t": 40, "b": 10},
+                      legend={"orientation": "h", "y": -0.25})
+    fig.update_xaxes(title_text="similarity score")
+    return fig
