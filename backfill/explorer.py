@@ -81,6 +81,19 @@ ORDER_LABELS = {
     "oracle": "oracle (peeks at new embeddings; reference only)",
 }
 METRICS = ("map", "top1", "top5")
+#: Short display names (the suite's labels are long for table columns and metric tiles).
+DISPLAY_LABELS = {
+    "old": "old/old",
+    "offline": "offline",
+    "new_partial": "naive (new-partial)",
+    "bct": "BCT",
+    "rank_merge": "rank merge",
+    "rt_merge": "RT merge (regression ψ)",
+    "full": "full (metric-compatible ψ)",
+    "full_rho": "full + ρ",
+}
+SPACE_COLORS = {"old": "#ff7f0e", "new": "#1f77b4"}  # the same as backfill.plots.SPACE_COLORS
+CORRECT_COLORS = {True: "#2ca02c", False: "#d62728", None: "#aaaaaa"}
 SPACE_NAMES = ("old", "new")  # SearchResult.spaces: 0 = old space, 1 = new space
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRETRAINED_DIR = REPO_ROOT / "pretrained"
@@ -209,10 +222,13 @@ def display_array(image: Image.Image) -> np.ndarray:
     return np.asarray(to_model_mode(image, "RGB"), dtype=np.uint8)
 
 
-def thumbnail(image: np.ndarray, size: int = 72, border: str | None = None, width: int = 4) -> Image.Image:
-    """A square RGB display thumbnail of a uint8 ``(H, W[, C])`` image, framed in colour ``border``.
+def thumbnail(image: np.ndarray, size: int = 72, border: str | None = None, width: int = 4,
+              badge: str | None = None, badge_color: str = "#1f77b4") -> Image.Image:
+    """A square RGB display thumbnail of a uint8 ``(H, W[, C])`` image.
 
-    Small images (28x28, 32x32) are enlarged with nearest-neighbour so their pixels stay crisp.
+    ``border``: frame colour; ``badge``: a short text drawn on a ``badge_color`` strip along the bottom
+    (drawn into the image because captions cannot be coloured). Small images (28x28, 32x32) are enlarged
+    with nearest-neighbour so their pixels stay crisp.
     """
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[2] == 1:
@@ -221,7 +237,21 @@ def thumbnail(image: np.ndarray, size: int = 72, border: str | None = None, widt
     inner = size - 2 * width if border else size
     resample = Image.Resampling.NEAREST if max(pil.size) < inner else Image.Resampling.BICUBIC
     pil = ImageOps.fit(pil, (inner, inner), method=resample)
-    return ImageOps.expand(pil, border=width, fill=border) if border else pil
+    if border:
+        pil = ImageOps.expand(pil, border=width, fill=border)
+    if badge:
+        from PIL import ImageDraw, ImageFont
+
+        draw = ImageDraw.Draw(pil)
+        font = ImageFont.load_default(size=max(9, size // 7))
+        height = max(11, size // 5)
+        left, top, right, _ = draw.textbbox((0, 0), badge, font=font)
+        x0 = size - (width if border else 0) - (right - left) - 8
+        y0 = size - (width if border else 0) - height
+        draw.rectangle((x0, y0, size - (width if border else 0) - 1, size - (width if border else 0) - 1),
+                       fill=badge_color)
+        draw.text((x0 + 4, y0 + (height - (_ - top)) / 2 - top), badge, fill="white", font=font)
+    return pil
 
 
 # ------------------------------------------------------------------------------------------ explorer
@@ -339,7 +369,7 @@ class Explorer:
         self.embeddings(progress=lambda f, msg: report(0.4 * f, msg))
         todo = [m for m in dict.fromkeys([*REFERENCE_METHODS, *methods]) if (order, m) not in self._curves]
         for i, name in enumerate(todo):
-            report(0.4 + 0.6 * i / len(todo), f"Evaluating the {self.method(name).label} curve "
+            report(0.4 + 0.6 * i / len(todo), f"Evaluating the {self.label(name)} curve "
                                               f"({len(self.curve_query_ids):,} queries, {order} order)")
             self.curve(name, order)
         report(1.0, "Ready")
@@ -492,7 +522,7 @@ class Explorer:
         if query.gallery_id is not None and (u_side is not None or query.gallery_id in
                                              self.order(order)[:reachable]):
             reachable -= 1
-        return MethodResult(method, m.label, hits, ap, int(reachable))
+        return MethodResult(method, self.label(method), hits, ap, int(reachable))
 
     def references(self, order: str) -> dict[str, dict[str, float]]:
         """metric -> ``{"old/old": value, "new/new": value}``: the old model alone, the new one at 100%."""
@@ -519,7 +549,7 @@ class Explorer:
             auc = area_under_curve(values["map"])
             rows.append({
                 "method": name,
-                "label": self.method(name).label,
+                "label": self.label(name),
                 "map": float(values["map"][point]),
                 "top1": float(values["top1"][point]),
                 "auc_map": auc,
@@ -529,10 +559,15 @@ class Explorer:
             })
         return rows
 
-    def hit_thumbnail(self, hit: Hit, size: int = 72) -> Image.Image:
-        """Thumbnail of a hit framed green (correct), red (wrong) or grey (the query's class is unknown)."""
-        color = {True: "#2ca02c", False: "#d62728", None: "#aaaaaa"}[hit.correct]
-        return thumbnail(self.gallery.images[hit.gallery_id], size=size, border=color)
+    def hit_thumbnail(self, hit: Hit, size: int = 80) -> Image.Image:
+        """Thumbnail of a hit: framed green (correct), red (wrong) or grey (query class unknown), with a
+        badge "old"/"new" (orange/blue) for the space its score came from."""
+        return thumbnail(self.gallery.images[hit.gallery_id], size=size, border=CORRECT_COLORS[hit.correct],
+                         badge=hit.space, badge_color=SPACE_COLORS[hit.space])
+
+    def label(self, method: str) -> str:
+        """Short display name of ``method`` (:data:`DISPLAY_LABELS`, else the suite's label)."""
+        return DISPLAY_LABELS.get(method, self.method(method).label)
 
     # ----------------------------------------------------------------------------- teaching data
     def projection(self, classes: Sequence[int] | None = None, per_class: int = 150,

@@ -104,7 +104,8 @@ def curve_figure(
             y=float(value) * 100.0,
             line={"dash": "dash", "color": "#444444" if position else "#999999", "width": 1.5},
             annotation_text=f"{label} {float(value) * 100:.1f}",
-            annotation_position="top left" if position else "bottom left",
+            # old/old (first) labelled bottom right and new/new top left: where the curves are not
+            annotation_position="top left" if position else "bottom right",
         )
     if ratio is not None:
         fig.add_vline(x=ratio * 100.0, line={"color": "black", "width": 1.5, "dash": "dot"})
@@ -130,9 +131,9 @@ def curve_figure(
         title=title or f"{metric_title} during backfilling",
         xaxis={"title": "backfilled (%)", "range": [-2, 102]},
         yaxis={"title": f"{metric_title} (%)"},
-        legend={"orientation": "h", "yanchor": "bottom", "y": -0.35},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},
         margin={"l": 50, "r": 20, "t": 50, "b": 20},
-        height=420,
+        height=450,
     )
     return fig
 

@@ -100,9 +100,21 @@ def _build_quick_suite(directory: Path, steps: int) -> Path:
     return directory
 
 
+def quick_suite_dir(pytestconfig) -> Path:
+    """The quick suite, built once and kept in pytest's cache directory (rebuilt when it fails to load)."""
+    from backfill.suite import ModelSuite
+
+    directory = pytestconfig.cache.mkdir("backfill-quick-suite-v1")
+    try:
+        ModelSuite.load(directory)
+    except (FileNotFoundError, ValueError):
+        build_quick_suite(directory)
+    return directory
+
+
 @pytest.fixture(scope="module")
-def suite_dir(tmp_path_factory) -> Path:
-    return build_quick_suite(tmp_path_factory.mktemp("suite"))
+def suite_dir(pytestconfig) -> Path:
+    return quick_suite_dir(pytestconfig)
 
 
 @pytest.fixture(scope="module")
