@@ -1,0 +1,306 @@
+"""``backfill reproduce``: the paper's comparison, measured with the shipped weights.
+
+For each trained setting of a dataset (``pretrained/<dataset>/<setting>/``) this embeds the test split
+with the suite, evaluates every method of :data:`backfill.suite.METHODS` along the backfill curve
+(queries = the gallery, leave-one-out, method.md's protocol), adds the backfill-order comparison and, when
+the ablation checkpoints exist, the metric-compatible loss ablation, then writes ``results.json``,
+``results.md`` and one curve image per setting.
+
+Choices this module makes (method.md leaves them open):
+
+* Orders. ``random`` (seeded, the paper's) for every method. Two *deployable* orders computed from stored
+  old embeddings only (:mod:`backfill.ordering`): ``old_centroid`` (distance to the nearest old-class
+  centroid; centroids from the old model's training classes, 100 train images per class) and
+  ``old_entropy`` (entropy of the old classifier on the stored old embedding). The *oracle* order peeks at
+  new embeddings and labels (upper bound only). The best-order rows use the full method with the highest
+  random-order AUC-mAP (``full_rho`` when it beats ``full``) and report every deployable order; "best" is
+  picked on the test split itself, which the note in ``results.md`` says.
+* Query cost = measured forward time of the models a method runs per query (batch of one image, median
+  of repeated runs after warm-up) divided by one new-model forward. Index search is left out: every
+  merge searches each gallery item once, in one space or the other.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data import load_dataset, preprocess, select_classes, subsample_per_class
+from .embeddings import Embeddings
+from .evaluation import Curve, curve_points, evaluate_curve, summarize_curve
+from .ordering import (
+    class_centroids,
+    classifier_entropy_priority,
+    nearest_centroid_priority,
+    oracle_priority,
+    order_by_score,
+    random_order,
+)
+from .suite import METHODS, Method, ModelSuite
+from .training import embed_images
+
+__all__ = ["SETTINGS", "ABLATION_VARIANTS", "evaluate_setting", "measure_query_cost", "reproduce",
+           "write_markdown"]
+
+SETTINGS = ("homogeneous", "heterogeneous")
+#: Ablation checkpoints: ``<setting dir>/ablation/psi_mc_<variant>.pt``; ``joint`` is the suite's psi_mc.
+ABLATION_VARIANTS = ("joint", "old", "new", "separate")
+CENTROID_IMAGES_PER_CLASS = 100
+
+
+def _forward_seconds(fn: Callable[[], Any], repeats: int = 30) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs, after three warm-up runs."""
+    with torch.inference_mode():
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def measure_query_cost(suite: ModelSuite, image: np.ndarray, repeats: int = 30) -> dict[str, float]:
+    """Per-query model cost of each method relative to one new-model forward pass.
+
+    Args:
+        suite: the models.
+        image: one dataset image, uint8 ``(H, W, C)``.
+        repeats: timed runs per model (median taken).
+
+    Returns ``{method name: cost}`` for the methods whose models the suite has, plus ``"new"`` (= 1).
+    """
+    x = preprocess(image[None], suite.dataset).to(suite.device)
+    new_emb = suite.new.embed(x)
+    seconds = {"old": _forward_seconds(lambda: suite.old.embed(x), repeats),
+               "new": _forward_seconds(lambda: suite.new.embed(x), repeats)}
+    for name in ("bct", "psi_regression", "psi_mc", "rho_mc", "psi_mc_rho"):
+        model = getattr(suite, name)
+        if model is not None:
+            inp = x if name == "bct" else new_emb
+            seconds[name] = _forward_seconds(lambda m=model, i=inp: m.embed(i) if hasattr(m, "embed") else m(i),
+                                             repeats)
+    needs = {
+        "old": ["old"], "offline": ["old"], "new_partial": ["new"], "new": ["new"], "bct": ["bct"],
+        "rank_merge": ["old", "new"], "rt_merge": ["new", "psi_regression"], "full": ["new", "psi_mc"],
+        "full_rho": ["new", "rho_mc", "psi_mc_rho"],
+    }
+    return {name: sum(seconds[m] for m in models) / seconds["new"]
+            for name, models in needs.items() if all(m in seconds for m in models)}
+
+
+def deployable_orders(suite: ModelSuite, gallery_old: np.ndarray, data: str | None,
+                      seed: int = 0) -> dict[str, np.ndarray]:
+    """Backfill orders computed from stored old embeddings (and the old model) only.
+
+    ``old_centroid``: :func:`nearest_centroid_priority` with old-space class centroids of
+    ``CENTROID_IMAGES_PER_CLASS`` training images of each old class. ``old_entropy``:
+    :func:`classifier_entropy_priority` with the old model's classifier.
+    """
+    train = subsample_per_class(select_classes(load_dataset(suite.dataset, "train", root=data),
+                                               suite.old_classes), CENTROID_IMAGES_PER_CLASS, seed)
+    train_old = embed_images(suite.old, train.images, suite.dataset)
+    _, centroids = class_centroids(train_old, train.labels)
+    weight = suite.old.classifier.weight.detach().cpu().numpy()
+    return {
+        "old_centroid": order_by_score(nearest_centroid_priority(gallery_old, centroids)),
+        "old_entropy": order_by_score(classifier_entropy_priority(gallery_old, weight)),
+    }
+
+
+def _row(curve: Curve, old: Curve, new_map: float, cost: float | None) -> dict[str, Any]:
+    row = summarize_curve(curve, old, new_map)
+    row["map_at_100"] = row["map"][-1]
+    row["query_cost"] = cost
+    return row
+
+
+def _with_transformed(emb: Embeddings, transformed: np.ndarray) -> Embeddings:
+    return Embeddings(emb.labels, emb.old, emb.new, transformed=transformed)
+
+
+def _ablation(suite: ModelSuite, base: Embeddings, order: np.ndarray, points: np.ndarray, old: Curve,
+              new_map: float) -> dict[str, Any]:
+    """rt_merge with psi trained on each variant of the metric-compatible loss (``ablation/`` checkpoints)."""
+    from .checkpoints import load_checkpoint
+
+    rows: dict[str, Any] = {}
+    for variant in ABLATION_VARIANTS:
+        if variant == "joint":
+            psi = suite.psi_mc
+        else:
+            path = suite.directory / "ablation" / f"psi_mc_{variant}.pt"
+            psi = load_checkpoint(path)[0] if path.exists() else None
+        if psi is None:
+            continue
+        with torch.inference_mode():
+            transformed = psi.eval()(torch.from_numpy(base.new)).numpy()
+        curve = evaluate_curve("rt_merge", *(2 * [_with_transformed(base, transformed)]), order, points,
+                               leave_one_out=True)
+        rows[f"mc_{variant}"] = _row(curve, old, new_map, None)
+    return rows
+
+
+def evaluate_setting(suite: ModelSuite, images: np.ndarray, labels: np.ndarray, data: str | None,
+                     points: Sequence[float] | np.ndarray | None = None, seed: int = 0,
+                     progress: bool = True) -> dict[str, Any]:
+    """Every row of the comparison for one suite on one labelled image set (queries = gallery).
+
+    Returns ``{row name: {"label", "map", "top1", "top5", "auc_map", "auc_top1", "relative_gain",
+    "map_at_100", "max_negative_flip", "negative_flip", "query_cost", "order"}}`` plus ``"_ablation"`` when
+    ablation checkpoints exist and ``"_meta"`` (reference values, orders, sizes).
+    """
+    pts = curve_points() if points is None else np.asarray(points, dtype=np.float64)
+    variants = suite.embed(images, labels=labels, progress=progress)
+    base = variants["base"]
+    n = base.n
+    orders = {"random": random_order(n, seed)}
+    orders.update(deployable_orders(suite, base.old, data, seed))
+    orders["oracle"] = order_by_score(oracle_priority(base.old, base.new, base.labels))
+    costs = measure_query_cost(suite, images[0])
+
+    def run(strategy: str, emb: Embeddings, order: str, at: np.ndarray = pts) -> Curve:
+        return evaluate_curve(strategy, emb, emb, orders[order], at, leave_one_out=True)
+
+    old = run("old", base, "random", np.zeros(pts.size))  # ratio-independent: same ranking everywhere
+    new = run("new", base, "random", np.ones(1))
+    new_map = float(new.map[0])
+    rows: dict[str, Any] = {}
+    new_row = _row(run("new", base, "random", np.ones(pts.size)), old, new_map, costs.get("new"))
+    rows["new"] = {**new_row, "label": "new/new (reference)"}
+    methods: list[Method] = [m for m in METHODS if m.variant in variants
+                             and set(_required(m.strategy)) <= set(variants[m.variant].available)]
+    for method in tqdm(methods, desc="methods", disable=not progress, leave=False):
+        curve = run(method.strategy, variants[method.variant], "random")
+        rows[method.name] = {**_row(curve, old, new_map, costs.get(method.name)), "label": method.label,
+                             "order": "random"}
+    full_names = [m for m in ("full", "full_rho") if m in rows]
+    if full_names:
+        best = max(full_names, key=lambda m: rows[m]["auc_map"])
+        for order in ("old_centroid", "old_entropy", "oracle"):
+            curve = run("rt_merge", variants["full" if best == "full" else "full_rho"], order)
+            rows[f"{best}@{order}"] = {**_row(curve, old, new_map, costs.get(best)),
+                                       "label": f"{rows[best]['label']}, {order} order", "order": order}
+        ablation = _ablation(suite, base, orders["random"], pts, old, new_map)
+        if ablation:
+            rows["_ablation"] = ablation
+    rows["_meta"] = {"n_gallery": n, "n_queries": old.n_queries, "old_map": float(old.map[0]),
+                     "new_map": new_map, "old_top1": float(old.top1[0]), "new_top1": float(new.top1[0]),
+                     "points": pts.tolist(), "seed": seed}
+    return rows
+
+
+def _required(strategy: str) -> tuple[str, ...]:
+    from .strategies import get_strategy
+
+    return get_strategy(strategy).required_arrays
+
+
+# ----------------------------------------------------------------------------------------------- report
+_COLUMNS = ("AUC-mAP", "AUC-top1", "rel. gain", "mAP@100%", "max neg. flip", "query cost")
+
+
+def _fmt(value: float | None, scale: float = 100.0, digits: int = 1) -> str:
+    return "-" if value is None else f"{value * scale:.{digits}f}"
+
+
+def _table(rows: dict[str, Any]) -> list[str]:
+    lines = ["| method | " + " | ".join(_COLUMNS) + " |", "|---" * (len(_COLUMNS) + 1) + "|"]
+    for name, row in rows.items():
+        if name.startswith("_"):
+            continue
+        cost = "-" if row.get("query_cost") is None else f"{row['query_cost']:.2f}x"
+        gain = row.get("relative_gain")
+        lines.append(
+            f"| {row['label']} | {_fmt(row['auc_map'])} | {_fmt(row['auc_top1'])} | "
+            f"{'-' if gain is None else f'{gain * 100:.0f}%'} | {_fmt(row['map_at_100'])} | "
+            f"{_fmt(row.get('max_negative_flip'))} | {cost} |"
+        )
+    return lines
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    """Render ``results`` (``{dataset: {setting: rows}}``) as the tables of ``results.md``."""
+    out = ["# Reproduction of the online-backfilling comparison", "",
+           "Made by `backfill reproduce` with the weights in `pretrained/`; every number is measured. Queries",
+           "are the test split, which is also the gallery (leave-one-out). mAP and top-1 in %; AUC = mean over",
+           "21 backfill ratios 0, 0.05, ..., 1; relative gain = (AUC-mAP - old/old) / (new/new - old/old);",
+           "max neg. flip = worst share of queries (%) whose old-model top-1 was right and is wrong at some",
+           "ratio; query cost = measured model forward time per query relative to one new-model forward.",
+           "Rows `..., <order> order` use the best full method with another backfill order; the deployable",
+           "orders (`old_centroid`, `old_entropy`) use stored old embeddings only, `oracle` peeks at new",
+           "embeddings and labels (upper bound). The best deployable order is picked on this same split.", ""]
+    for dataset, settings in results.items():
+        for setting, rows in settings.items():
+            meta = rows.get("_meta", {})
+            out += [f"## {dataset}, {setting}", "",
+                    f"Gallery {meta.get('n_gallery')} images; old/old mAP {_fmt(meta.get('old_map'))}, "
+                    f"new/new mAP {_fmt(meta.get('new_map'))}. Curves: `curves_{dataset}_{setting}.png`.", ""]
+            out += _table(rows) + [""]
+            if "_ablation" in rows:
+                out += [f"### Metric-compatible loss ablation ({dataset}, {setting}, random order)", ""]
+                out += _table({k: {**v, "label": k} for k, v in rows["_ablation"].items()}) + [""]
+    path.write_text("\n".join(out))
+
+
+def plot_curves(rows: dict[str, Any], title: str, path: Path) -> None:
+    """Save the mAP curves of every row (random order, plus the order rows dashed) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = np.asarray(rows["_meta"]["points"]) * 100
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for name, row in rows.items():
+        if name.startswith("_"):
+            continue
+        style = "--" if "@" in name else "-"
+        ax.plot(pts, np.asarray(row["map"]) * 100, style, marker="o", markersize=3, label=row["label"])
+    ax.set_xlabel("backfilled (%)")
+    ax.set_ylabel("mAP (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def reproduce(dataset: str, out: str | Path = "docs", data: str | None = None,
+              pretrained: str | Path = "pretrained", settings: Sequence[str] | None = None,
+              points: int = 21, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Run the comparison for every trained setting of ``dataset``; update ``out/results.{json,md}``.
+
+    Results of other datasets already in ``out/results.json`` are kept, so running this once per dataset
+    builds the whole report. Returns this dataset's results ``{setting: rows}``. Raises
+    ``FileNotFoundError`` when no setting of ``dataset`` is trained.
+    """
+    out = Path(out)
+    root = Path(pretrained) / dataset
+    chosen = [s for s in (settings or SETTINGS) if (root / s / "old.pt").exists()]
+    if not chosen:
+        raise FileNotFoundError(f"no trained setting under {root} (expected {root}/<setting>/old.pt)")
+    test = load_dataset(dataset, "test", root=data)
+    results: dict[str, Any] = {}
+    for setting in chosen:
+        suite = ModelSuite.load(root / setting)
+        results[setting] = evaluate_setting(suite, test.images, test.labels, data, curve_points(points), seed,
+                                            progress)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "results.json"
+    everything = json.loads(json_path.read_text()) if json_path.exists() else {}
+    everything[dataset] = results
+    json_path.write_text(json.dumps(everything, indent=1))
+    write_markdown(everything, out / "results.md")
+    for setting, rows in results.items():
+        plot_curves(rows, f"{dataset}, {setting}: mAP along the backfill", out / f"curves_{dataset}_{setting}.png")
+    return results
