@@ -265,9 +265,9 @@ embeddings, the rest with old ones. The slider is that progress.
   negatives of *both* spaces, so a positive in either space scores above the negatives of either space: the
   merged ranking becomes meaningful (right panel: same-class scores of both spaces sit right of the
   other-class ones).
-* **Order**: which images to re-embed first. *Deployable* uses only the stored old embeddings (images far
-  from every class direction of the old model - the ones it understands least - go first); *oracle* peeks at
-  the new embeddings and labels, to show the headroom.
+* **Order**: which images to re-embed first. *Deployable* uses only the stored old embeddings: the images
+  the old model's classifier is least sure about go first (FastFill's idea); *oracle* peeks at the new
+  embeddings and labels, to show the headroom.
 """
 
 

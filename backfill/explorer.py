@@ -12,10 +12,11 @@ app does not recompute.
 Choices stated here (the app shows them too):
 
 * Orders: ``random`` (seeded, the paper's); ``deployable``:
-  :func:`backfill.ordering.nearest_centroid_priority` of the *stored old* gallery embeddings against the
-  old model's class directions (the L2-normalised rows of its classifier, which was trained on cosine
-  logits) - nothing a running service would not have; ``oracle``: :func:`backfill.ordering.oracle_priority`
-  (uses new embeddings and labels: an upper-bound reference only). One order serves every method, so the
+  :func:`backfill.ordering.classifier_entropy_priority` - the entropy of the old model's own classifier
+  (its exact logits, ``logit_layer()``) on the *stored old* gallery embeddings, uncertain items first: it
+  needs nothing a running service would not have, not even training data (``backfill reproduce`` calls
+  this order ``old_entropy``); ``oracle``: :func:`backfill.ordering.oracle_priority` (uses new embeddings
+  and labels: an upper-bound reference only). One order serves every method, so the
   methods are compared on the same backfilled set.
 * Curves: the engine's exact curves (:func:`backfill.evaluation.evaluate_curve`) on a seeded sample of
   ``curve_queries`` gallery images used as leave-one-out queries against the *whole* gallery (default
@@ -57,7 +58,7 @@ from backfill.evaluation import curve_points, evaluate_curve
 from backfill.indexing import BackfillIndex
 from backfill.metrics import area_under_curve, relative_gain
 from backfill.ordering import (
-    nearest_centroid_priority,
+    classifier_entropy_priority,
     num_backfilled,
     oracle_priority,
     order_by_score,
@@ -77,7 +78,7 @@ REFERENCE_METHODS = ("old", "new_partial")
 ORDERS = ("random", "deployable", "oracle")
 ORDER_LABELS = {
     "random": "random (the paper's)",
-    "deployable": "deployable priority (old embeddings only)",
+    "deployable": "deployable: old model's uncertainty first",
     "oracle": "oracle (peeks at new embeddings; reference only)",
 }
 METRICS = ("map", "top1", "top5")
@@ -413,9 +414,10 @@ class Explorer:
             return random_order(len(self.gallery), seed=self.seed)
         base = self.embeddings()["base"]
         if name == "deployable":
-            weight = self.suite.old.classifier.weight.detach().cpu().numpy().astype(np.float64)
-            directions = weight / np.maximum(np.linalg.norm(weight, axis=1, keepdims=True), 1e-12)
-            return order_by_score(nearest_centroid_priority(base.old, directions.astype(np.float32)))
+            old = self.suite.old
+            layer = old.logit_layer() if hasattr(old, "logit_layer") else old.classifier
+            weight = layer.weight.detach().cpu().numpy()
+            return order_by_score(classifier_entropy_priority(base.old, weight))
         return order_by_score(oracle_priority(base.old, base.new, self.gallery.labels))
 
     def index(self, variant: str, order: str) -> BackfillIndex:
