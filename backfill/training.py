@@ -263,7 +263,9 @@ def train_backbone(config: TrainConfig, log=None) -> TrainResult:
 
     Returns the :class:`TrainResult`; ``card["metrics"]`` has ``train_acc`` (running accuracy over the
     last epoch, on augmented images), ``test_acc`` (test split, same classes, no augmentation),
-    ``loss`` (last-epoch mean), ``images_per_second`` and ``train_seconds``.
+    ``loss`` (last-epoch mean), ``images_per_second`` and ``train_seconds``; for ``bct`` also
+    ``old_classifier_test_acc`` (the frozen, extended old classifier applied to the new model's test
+    embeddings: how well the new embeddings sit in the old space).
     """
     from .losses import BCTInfluenceLoss
 
@@ -361,11 +363,18 @@ def train_backbone(config: TrainConfig, log=None) -> TrainResult:
             ", ".join(f"{k_}={v:.4f}" for k_, v in record.items() if k_ != "epoch"))
     seconds = time.perf_counter() - t0
     model = model.to(memory_format=torch.contiguous_format).eval()  # as a reloaded checkpoint will be
-    test_acc = classify_accuracy(model, test, device=device)
+    test_emb, test_logits = embed_images(model, test.images, cfg.dataset, device=device, logits=True)
+    test_acc = float((test_logits.argmax(1).numpy() == test.labels).mean()) if len(test) else float("nan")
     metrics = {"train_acc": history[-1]["train_acc"] if history else float("nan"), "test_acc": test_acc,
                "loss": history[-1]["loss"] if history else float("nan"),
                "images_per_second": seen / seconds if seen and seconds > 0 else None,
                "train_seconds": seconds}
+    if influence is not None and len(test):
+        # Compatibility check: the frozen, extended old classifier applied to the new test embeddings.
+        with torch.no_grad():
+            old_logits = influence.old_classifier.cpu()(test_emb)
+        metrics["old_classifier_test_acc"] = float((old_logits.argmax(1).numpy() == test.labels).mean())
+        log(f"bct: old classifier on new test embeddings: {metrics['old_classifier_test_acc']:.4f}")
     log(f"{cfg.kind}: test accuracy {test_acc:.4f} on classes 0-{k - 1}; "
         f"{metrics['images_per_second'] or 0:.0f} training images/s on {device}")
     card = {

@@ -62,6 +62,7 @@ def test_old_new_bct_train_and_loss_goes_down(learnable_cifar, tmp_path):
     h = bct.history
     assert h[-1]["loss"] < h[0]["loss"] and h[-1]["influence"] < h[0]["influence"]
     assert bct.card["old_model"]["sha256"] == card["weights_sha256"]
+    assert 0.0 <= bct.card["metrics"]["old_classifier_test_acc"] <= 1.0
     # the old model was not touched by BCT training
     reloaded, _ = load_checkpoint(tmp_path / "old.pt")
     x = torch.randn(2, 3, 32, 32)
