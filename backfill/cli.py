@@ -173,7 +173,7 @@ def _add_train_transform(sub: argparse._SubParsersAction) -> None:
                    help="cached views per train image: 1 clean + (views-1) augmented (default 1)")
     p.add_argument("--feature-cache", metavar="FEATS.npz", default=None,
                    help="reuse/write the cached features here (checked against the weights' SHA-256)")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)

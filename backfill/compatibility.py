@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 #: Defaults of the metric-compatible training, chosen by measurement (benchmarks/sweep_mc.py).
-DEFAULT_TEMPERATURE = 0.05
+DEFAULT_TEMPERATURE = 0.02
 DEFAULT_HARD_NEGATIVES: int | None = None
 DEFAULT_REGRESSION_WEIGHT = 1.0
 
@@ -137,7 +137,7 @@ def fit_transform(
     old_feats: np.ndarray, new_feats: np.ndarray, labels: np.ndarray, loss: str = "regression",
     variant: str = "joint", rho: bool = False, temperature: float = DEFAULT_TEMPERATURE,
     hard_negatives: int | None = DEFAULT_HARD_NEGATIVES, regression_weight: float = DEFAULT_REGRESSION_WEIGHT,
-    epochs: int = 30, batch_size: int = 256, samples_per_class: int = 8, lr: float = 1e-3,
+    epochs: int = 15, batch_size: int = 256, samples_per_class: int = 8, lr: float = 1e-3,
     weight_decay: float = 1e-4, hidden: int | None = None, seed: int = 0,
     device: str | torch.device = "cpu", progress: bool = True,
     callback: Callable[[int, nn.Module, nn.Module | None], dict[str, float]] | None = None,

@@ -153,14 +153,15 @@ class MetricCompatibleLoss(nn.Module):
     Parameters
     ----------
     temperature : float > 0
-        ``tau``.
+        ``tau`` (no default here: the measured training default is
+        ``backfill.compatibility.DEFAULT_TEMPERATURE``).
     hard_negatives : int > 0 or None
         Keep only the ``k`` largest negative logits per anchor (per space for ``"separate"``, pooled over
         both spaces for ``"joint"``); ``None`` keeps all.
     variant : one of ``"joint"``, ``"old"``, ``"new"``, ``"separate"``.
     """
 
-    def __init__(self, temperature: float = 0.05, hard_negatives: int | None = None,
+    def __init__(self, temperature: float, hard_negatives: int | None = None,
                  variant: str = "joint") -> None:
         super().__init__()
         if not temperature > 0:
