@@ -419,6 +419,11 @@ def load_image(source: Any) -> Image.Image:
     """
     if isinstance(source, Image.Image):
         image = source
+        _check_size(image, "image")
+        try:  # a lazily opened PIL image may still hold a truncated file
+            image.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageLoadError(f"image is truncated or corrupt: {exc}") from exc
     elif isinstance(source, np.ndarray):
         image = _array_to_pil(source)
     else:

@@ -270,6 +270,12 @@ def test_bad_inputs_raise_image_load_error(payload, message):
         preprocess([payload], "cifar100")
 
 
+def test_lazily_opened_truncated_pil_image():
+    lazy = Image.open(io.BytesIO(_png_bytes(Image.effect_noise((64, 64), 50))[:300]))
+    with pytest.raises(ImageLoadError, match="truncated or corrupt"):
+        load_image(lazy)
+
+
 @pytest.mark.parametrize("size", [(8000, 6000), (10000, 10000)])
 def test_decompression_bomb_is_refused(size):
     # Small PNGs that expand to 48 MP (over our 40 MP limit) and 100 MP (over PIL's own warning limit):
