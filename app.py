@@ -40,9 +40,15 @@ def get_uploads(_explorer: ex.Explorer, explorer_key: str, files: tuple[tuple[st
     return _explorer.upload_queries(files)
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def get_teaching_data(_explorer: ex.Explorer, explorer_key: str):
-    return _explorer.projection(), _explorer.score_distributions()
+@st.cache_resource(show_spinner=False, max_entries=8)
+def get_teaching_figures(_explorer: ex.Explorer, explorer_key: str):
+    """The two teaching figures, built once (they do not depend on the widgets; st.plotly_chart only reads
+    them, so sessions can share them)."""
+    projection = _explorer.projection()
+    distributions = _explorer.score_distributions()
+    return (plots.projection_figure(projection["old_xy"], projection["new_xy"], projection["labels"],
+                                    _explorer.class_names, projection["seen"]),
+            plots.score_distribution_figure(distributions) if distributions else None)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -274,14 +280,12 @@ embeddings, the rest with old ones. The slider is that progress.
 def teaching(explorer: ex.Explorer, key: str) -> None:
     with st.expander("How it works", expanded=False):
         st.markdown(HOW_IT_WORKS)
-        projection, distributions = get_teaching_data(explorer, key)
-        st.plotly_chart(plots.projection_figure(projection["old_xy"], projection["new_xy"],
-                                                projection["labels"], explorer.class_names, projection["seen"]),
-                        key="projection")
+        projection, distributions = get_teaching_figures(explorer, key)
+        st.plotly_chart(projection, key="projection")
         st.caption("The same test images in both spaces (2-D PCA of each). Crosses: classes the old model "
                    "never saw; its space mixes them, the new one separates them.")
-        if distributions:
-            st.plotly_chart(plots.score_distribution_figure(distributions), key="scores")
+        if distributions is not None:
+            st.plotly_chart(distributions, key="scores")
             st.caption("Scores of same-class (solid) and other-class (dashed) pairs, in the old space (orange: "
                        "scored with the query each method sends there) and the new space (blue).")
 

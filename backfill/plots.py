@@ -85,57 +85,48 @@ def curve_figure(
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
     labels = dict(labels or {})
     metric_title = METRIC_TITLES.get(metric, metric)
-    x = points * 100.0
-    fig = go.Figure()
+    x = (points * 100.0).tolist()
+    # Traces, shapes and annotations are written as plain dicts and validated once by go.Figure: building
+    # them with add_trace/add_hline/add_vline costs tens of milliseconds per slider move.
+    data: list[dict] = []
     for position, (name, values) in enumerate(series.items()):
-        fig.add_trace(
-            go.Scatter(
-                x=x.tolist(),
-                y=(np.asarray(values, dtype=np.float64) * 100.0).tolist(),
-                mode="lines+markers",
-                name=labels.get(name, name),
-                line={"color": method_color(name, position), "width": 2.5},
-                marker={"size": 5},
-                hovertemplate="%{x:.0f}%% backfilled: %{y:.2f}<extra>" + labels.get(name, name) + "</extra>",
-            )
-        )
+        label = labels.get(name, name)
+        data.append({
+            "type": "scatter", "x": x, "y": (np.asarray(values, dtype=np.float64) * 100.0).tolist(),
+            "mode": "lines+markers", "name": label, "marker": {"size": 5},
+            "line": {"color": method_color(name, position), "width": 2.5},
+            "hovertemplate": "%{x:.0f}% backfilled: %{y:.2f}<extra>" + label + "</extra>",
+        })
+    shapes: list[dict] = []
+    annotations: list[dict] = []
     for position, (label, value) in enumerate((references or {}).items()):
-        fig.add_hline(
-            y=float(value) * 100.0,
-            line={"dash": "dash", "color": "#444444" if position else "#999999", "width": 1.5},
-            annotation_text=f"{label} {float(value) * 100:.1f}",
-            # old/old (first) labelled bottom right and new/new top left: where the curves are not
-            annotation_position="top left" if position else "bottom right",
-        )
+        y = float(value) * 100.0
+        shapes.append({"type": "line", "xref": "x domain", "x0": 0, "x1": 1, "yref": "y", "y0": y, "y1": y,
+                       "line": {"dash": "dash", "color": "#444444" if position else "#999999", "width": 1.5}})
+        # old/old (first) is labelled bottom right and new/new top left: where the curves are not.
+        annotations.append({"text": f"{label} {y:.1f}", "xref": "x domain", "yref": "y", "y": y,
+                            "x": 1 if position == 0 else 0, "xanchor": "right" if position == 0 else "left",
+                            "yanchor": "top" if position == 0 else "bottom", "showarrow": False})
     if ratio is not None:
-        fig.add_vline(x=ratio * 100.0, line={"color": "black", "width": 1.5, "dash": "dot"})
+        shapes.append({"type": "line", "xref": "x", "x0": ratio * 100.0, "x1": ratio * 100.0, "yref": "y domain",
+                       "y0": 0, "y1": 1, "line": {"color": "black", "width": 1.5, "dash": "dot"}})
         current = [float(np.interp(ratio, points, np.asarray(v, dtype=np.float64))) * 100
                    for v in series.values()]
-        fig.add_trace(
-            go.Scatter(
-                x=[ratio * 100.0] * len(current),
-                y=current,
-                mode="markers",
-                name="current",
-                showlegend=False,
-                marker={
-                    "size": 11,
-                    "symbol": "circle-open",
-                    "line": {"width": 2},
-                    "color": [method_color(n, i) for i, n in enumerate(series)],
-                },
-                hovertemplate="%{y:.2f}<extra>at slider</extra>",
-            )
-        )
-    fig.update_layout(
-        title=title or f"{metric_title} during backfilling",
-        xaxis={"title": "backfilled (%)", "range": [-2, 102]},
-        yaxis={"title": f"{metric_title} (%)"},
-        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},
-        margin={"l": 50, "r": 20, "t": 50, "b": 20},
-        height=450,
-    )
-    return fig
+        data.append({
+            "type": "scatter", "x": [ratio * 100.0] * len(current), "y": current, "mode": "markers",
+            "name": "current", "showlegend": False, "hovertemplate": "%{y:.2f}<extra>at slider</extra>",
+            "marker": {"size": 11, "symbol": "circle-open", "line": {"width": 2},
+                       "color": [method_color(n, i) for i, n in enumerate(series)]},
+        })
+    layout = {
+        "title": {"text": title or f"{metric_title} during backfilling"},
+        "xaxis": {"title": {"text": "backfilled (%)"}, "range": [-2, 102]},
+        "yaxis": {"title": {"text": f"{metric_title} (%)"}},
+        "legend": {"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},
+        "margin": {"l": 50, "r": 20, "t": 50, "b": 20},
+        "height": 450, "shapes": shapes, "annotations": annotations,
+    }
+    return go.Figure(data=data, layout=layout)
 
 
 def curves_png(
