@@ -86,11 +86,19 @@ def browser():
         chromium.close()
 
 
-def _plot_traces(page) -> dict:
-    """name -> x values of the traces of the first (mAP) chart, read from plotly's live DOM node."""
-    return page.evaluate(
-        "() => Object.fromEntries(document.querySelector('.js-plotly-plot').data.map(t => [t.name, t.x]))"
-    )
+# The x values of the slider marker (the trace "current") of the first curve chart, from plotly's DOM node.
+MARKER_X = """() => {
+    for (const plot of document.querySelectorAll('.js-plotly-plot')) {
+        const marker = (plot.data || []).find(t => t.name === 'current');
+        if (marker) return marker.x;
+    }
+    return null;
+}"""
+
+
+def wait_for_marker(page, percent: int) -> None:
+    page.wait_for_function(f"() => JSON.stringify(({MARKER_X})()) === JSON.stringify([{percent}, {percent}, "
+                           f"{percent}])")
 
 
 def test_upload_slider_results_and_chart(app_url, browser):
@@ -98,8 +106,7 @@ def test_upload_slider_results_and_chart(app_url, browser):
     page.set_default_timeout(120_000)
     page.goto(app_url)
     page.get_by_text("At 50% re-embedded").wait_for()
-    page.wait_for_function("() => document.querySelector('.js-plotly-plot')?.data?.length > 0")
-    assert _plot_traces(page)["current"] == [50, 50, 50]
+    wait_for_marker(page, 50)
 
     # Upload an image: it becomes the query, with the new model's prediction and three result rows.
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(SAMPLE))
@@ -115,17 +122,16 @@ def test_upload_slider_results_and_chart(app_url, browser):
     slider.focus()
     page.keyboard.press("End")
     page.get_by_text("At 100% re-embedded").wait_for()
-    page.wait_for_function("() => document.querySelector('.js-plotly-plot').data.some("
-                           "t => t.name === 'current' && t.x[0] === 100)")
+    wait_for_marker(page, 100)
     assert page.get_by_text("can reach 400 gallery items").count() == 3  # an upload is not in the gallery
     slider.focus()
     page.keyboard.press("Home")
     page.get_by_text("At 0% re-embedded").wait_for()
     page.get_by_text("nothing reachable yet").wait_for()
-    page.wait_for_function("() => document.querySelector('.js-plotly-plot').data.some("
-                           "t => t.name === 'current' && t.x[0] === 0)")
+    wait_for_marker(page, 0)
     page.keyboard.press("ArrowRight")
     page.get_by_text("At 5% re-embedded").wait_for()
+    wait_for_marker(page, 5)
     time.sleep(1)  # let the images of the last rerun paint before the screenshot
     assert not page.locator('[data-testid="stException"]').count()
     page.screenshot(path=str(ARTIFACTS / "app_browser.png"), full_page=True)
