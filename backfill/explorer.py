@@ -179,11 +179,13 @@ def default_models_dir(dataset: str = "fashion_mnist", setting: str = "homogeneo
 
 
 def available_settings(dataset: str) -> list[str]:
-    """Settings (sub-folders) of ``pretrained/<dataset>`` that hold a new model, sorted."""
+    """Settings (sub-folders) of ``pretrained/<dataset>`` that hold a new model; ``homogeneous`` (the
+    default) first, then the others sorted."""
     root = PRETRAINED_DIR / dataset
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / "new.pt").is_file())
+    names = [p.name for p in root.iterdir() if (p / "new.pt").is_file()]
+    return sorted(names, key=lambda name: (name != "homogeneous", name))
 
 
 def download_cifar100(root: str | Path | None = None) -> Path:

@@ -19,7 +19,9 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 from test_explorer import quick_suite_dir
 
+from backfill.checkpoints import save_checkpoint
 from backfill.explorer import MAX_UPLOAD_MB, Explorer, default_models_dir
+from backfill.models import CifarResNet, ReverseTransform
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 240  # the first run embeds the gallery and evaluates the curves
@@ -220,3 +222,40 @@ def test_missing_models_give_a_message_not_a_traceback(quick_env, monkeypatch, t
     monkeypatch.setenv("BACKFILL_APP_MODELS", str(tmp_path / "empty"))
     at = run_app()
     assert at.error and "old.pt" in at.error[0].value
+
+
+def _fake_cifar(tmp_path: Path) -> tuple[Path, Path]:
+    """A CIFAR-100-layout data directory (3 random images per class) and an untrained CIFAR suite."""
+    data = tmp_path / "cifar"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(100), 3).astype(np.uint8)
+    images = rng.integers(0, 256, (labels.size, 32, 32, 3), dtype=np.uint8)
+    np.savez(data / "test.npz", images=images, labels=labels)
+    names = [f"class_{i}" for i in range(100)]
+    (data / "classes.json").write_text(json.dumps({"classes": names}))
+    suite = tmp_path / "suite"
+    base = {"dataset": "cifar100", "class_names": names}
+    old = save_checkpoint(suite / "old.pt", CifarResNet(8, 4, 16, 50),
+                          {**base, "kind": "old", "classes": [*range(50)]})
+    new = save_checkpoint(suite / "new.pt", CifarResNet(8, 4, 16, 100),
+                          {**base, "kind": "new", "classes": [*range(100)]})
+    record = {name: {"name": card["weights_file"], "sha256": card["weights_sha256"]}
+              for name, card in (("old_model", old), ("new_model", new))}
+    save_checkpoint(suite / "psi_mc.pt", ReverseTransform(16, 16), {"kind": "psi", "dataset": "cifar100", **record})
+    return data, suite
+
+
+def test_cifar100_with_data_and_models_runs(quick_env, tmp_path):
+    data, suite = _fake_cifar(tmp_path)
+    at = run_app()
+    at.radio(key="dataset").set_value("cifar100").run()
+    at.text_input(key="cifar_root").set_value(str(data))
+    next(t for t in at.text_input if t.label == "Model directory").set_value(str(suite)).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    headers = result_headers(at)
+    assert [h.split("**")[1] for h in headers] == ["naive (new-partial)", "rank merge", "full (metric-compatible ψ)"]
+    assert len(at.button) >= 10  # the sample grid (10 of the 100 classes)
+    query = next(m.value for m in at.markdown if m.value.startswith("**Query:**"))
+    assert "class **class_" in query
+    assert set(traces(at)) == {"naive (new-partial)", "rank merge", "full (metric-compatible ψ)", "current"}
