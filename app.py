@@ -42,13 +42,15 @@ def get_uploads(_explorer: ex.Explorer, explorer_key: str, files: tuple[tuple[st
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def get_teaching_figures(_explorer: ex.Explorer, explorer_key: str):
-    """The two teaching figures, built once (they do not depend on the widgets; st.plotly_chart only reads
-    them, so sessions can share them)."""
+    """The teaching figures and the cross-space order of each merge, built once (they do not depend on the
+    widgets; st.plotly_chart only reads the figures, so sessions can share them)."""
     projection = _explorer.projection()
     distributions = _explorer.score_distributions()
+    orders = ", ".join(f"{title.split(':')[0]} {ex.cross_space_order(panel):.0%}"
+                       for title, panel in distributions.items())
     return (plots.projection_figure(projection["old_xy"], projection["new_xy"], projection["labels"],
                                     _explorer.class_names, projection["seen"]),
-            plots.score_distribution_figure(distributions) if distributions else None)
+            plots.score_distribution_figure(distributions) if distributions else None, orders)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -280,14 +282,16 @@ embeddings, the rest with old ones. The slider is that progress.
 def teaching(explorer: ex.Explorer, key: str) -> None:
     with st.expander("How it works", expanded=False):
         st.markdown(HOW_IT_WORKS)
-        projection, distributions = get_teaching_figures(explorer, key)
+        projection, distributions, cross_orders = get_teaching_figures(explorer, key)
         st.plotly_chart(projection, key="projection")
         st.caption("The same test images in both spaces (2-D PCA of each). Crosses: classes the old model "
                    "never saw; its space mixes them, the new one separates them.")
         if distributions is not None:
             st.plotly_chart(distributions, key="scores")
             st.caption("Scores of same-class (solid) and other-class (dashed) pairs, in the old space (orange: "
-                       "scored with the query each method sends there) and the new space (blue).")
+                       "scored with the query each method sends there) and the new space (blue). Cross-space "
+                       "order - how often a same-class pair of one space outscores an other-class pair of the "
+                       "other, 100% = perfectly calibrated: " + cross_orders + ".")
 
 
 # ------------------------------------------------------------------------------------------ page

@@ -693,6 +693,23 @@ def _unflatten(arrays: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, E
             for variant, parts in grouped.items()}
 
 
+def cross_space_order(panel: dict[str, np.ndarray]) -> float:
+    """How well one score scale serves both spaces: the probability that a same-class pair scored in one
+    space outscores an other-class pair scored in the *other* space, averaged over the two directions
+    (old positive vs new negative, new positive vs old negative). 1.0 = a merged ranking never puts a
+    cross-space negative first; 0.5 = chance. ``panel`` is one panel of :meth:`Explorer.score_distributions`.
+    """
+    def above(positives: np.ndarray, negatives: np.ndarray) -> float:
+        # Share of (positive, negative) pairs with positive > negative (ties count half), by sorting.
+        negatives = np.sort(negatives)
+        below = np.searchsorted(negatives, positives, side="left")
+        ties = np.searchsorted(negatives, positives, side="right") - below
+        return float((below + 0.5 * ties).mean() / len(negatives))
+
+    return 0.5 * (above(panel["old space, same class"], panel["new space, other class (neg)"])
+                  + above(panel["new space, same class"], panel["old space, other class (neg)"]))
+
+
 def _pca2(x: np.ndarray) -> np.ndarray:
     """First two principal components of ``x`` ``(n, d)``, float32 ``(n, 2)``."""
     centred = x - x.mean(axis=0, keepdims=True)

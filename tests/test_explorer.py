@@ -25,6 +25,7 @@ from backfill.explorer import (
     MAX_UPLOAD_MB,
     Explorer,
     UploadError,
+    cross_space_order,
     read_upload,
     thumbnail,
 )
@@ -290,6 +291,14 @@ def test_teaching_data_shapes(explorer):
     assert list(panels) == ["rank merge: old query", "RT merge: regression ψ", "full: metric-compatible ψ"]
     for series in panels.values():
         assert all(v.ndim == 1 and v.size > 0 for v in series.values())
+        assert 0.0 <= cross_space_order(series) <= 1.0
+
+
+def test_cross_space_order_counts_pairs():
+    panel = {"old space, same class": np.array([0.9, 0.5]), "new space, other class (neg)": np.array([0.6, 0.5]),
+             "new space, same class": np.array([0.8]), "old space, other class (neg)": np.array([0.1, 0.9])}
+    # old positives above new negatives: 0.9 beats both, 0.5 ties one -> (2 + 0.5) / 4; new vs old: 1 / 2
+    assert cross_space_order(panel) == pytest.approx(0.5 * (2.5 / 4 + 0.5))
 
 
 def test_disk_cache_reuses_results(suite_dir, tmp_path):
