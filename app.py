@@ -142,6 +142,12 @@ def warm_up(explorer: ex.Explorer, order: str, methods: list[str]) -> None:
         status.update(label="Ready: cached from now on", state="complete", expanded=False)
 
 
+def select_sample(gallery_id: int) -> None:
+    """Button callback (runs before the rerun, so the grid highlights the new choice at once)."""
+    st.session_state["sample_id"] = gallery_id
+    st.session_state["focus"] = f"sample:{gallery_id}"
+
+
 def query_picker(explorer: ex.Explorer, key: str) -> list[ex.Query]:
     st.subheader("1. Pick a query")
     ids, thumbs = get_samples(explorer, key)
@@ -152,11 +158,9 @@ def query_picker(explorer: ex.Explorer, key: str) -> list[ex.Query]:
     names = explorer.class_names
     for column, gid, thumb in zip(samples.columns(len(ids), gap="small"), ids, thumbs, strict=True):
         column.image(thumb, width="stretch")
-        selected = st.session_state["sample_id"] == gid
-        if column.button(names[explorer.gallery.labels[gid]], key=f"sample_{gid}", width="stretch", wrap=True,
-                         type="primary" if selected else "tertiary", help=f"Query with test image #{gid}"):
-            st.session_state["sample_id"] = int(gid)
-            st.session_state["focus"] = f"sample:{int(gid)}"
+        column.button(names[explorer.gallery.labels[gid]], key=f"sample_{gid}", width="stretch", wrap=True,
+                      type="primary" if st.session_state["sample_id"] == gid else "tertiary",
+                      help=f"Query with test image #{gid}", on_click=select_sample, args=(int(gid),))
     uploaded = upload.file_uploader(
         f"Or upload images (up to {ex.MAX_UPLOAD_MB} MB each)", type=list(ex.UPLOAD_TYPES),
         accept_multiple_files=True, max_upload_size=ex.MAX_UPLOAD_MB, key="uploads",
@@ -166,8 +170,9 @@ def query_picker(explorer: ex.Explorer, key: str) -> list[ex.Query]:
     uploads, errors = get_uploads(explorer, key, files) if files else ([], [])
     for message in errors:
         upload.error(message)
-    if files != st.session_state.get("last_files"):  # new uploads: show the newest one
-        st.session_state["last_files"] = files
+    file_ids = tuple(f.file_id for f in uploaded or ())
+    if file_ids != st.session_state.get("last_uploads"):  # new uploads: show the newest one
+        st.session_state["last_uploads"] = file_ids
         if uploads:
             st.session_state["focus"] = uploads[-1].key
     return [explorer.gallery_query(st.session_state["sample_id"]), *uploads]

@@ -146,6 +146,8 @@ def test_sample_click_changes_the_query(quick_env, explorer):
     name = explorer.class_names[explorer.gallery.labels[gid]]
     assert query == [f"**Query:** test image #{gid}, class **{name}**."] != before
     assert at.radio(key="focus").value == f"sample:{gid}"
+    highlighted = [b.key for b in at.button if b.key.startswith("sample_") and b.proto.type == "primary"]
+    assert highlighted == [f"sample_{gid}"]
 
 
 def test_upload_shows_prediction_and_results(quick_env, explorer):
