@@ -297,12 +297,12 @@ class Explorer:
             picked = rng.choice(n, size=int(curve_queries), replace=False)
             self.curve_query_ids = np.sort(picked).astype(np.int64)
         self.points = curve_points(self.n_points)
-        self._lock = threading.RLock()
-        self._embeddings: dict[str, Embeddings] | None = None
+        # Memoised results, one lock per key: a long computation (a curve) blocks only the callers that
+        # need that very result, not another session's slider moves on results already computed.
+        self._memo: dict[tuple, object] = {}
+        self._key_locks: dict[tuple, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
         self._digests: dict[str, str] = {}
-        self._orders: dict[str, np.ndarray] = {}
-        self._indexes: dict[tuple[str, str], BackfillIndex] = {}
-        self._curves: dict[tuple[str, str], CurveData] = {}
         self._methods = self._available_methods()
 
     # ----------------------------------------------------------------------------- construction
@@ -364,13 +364,13 @@ class Explorer:
     def is_ready(self, order: str, methods: Sequence[str]) -> bool:
         """True when the embeddings and the curves of ``methods`` and the references under ``order`` exist."""
         needed = set(methods) | set(REFERENCE_METHODS)
-        return self._embeddings is not None and all((order, m) in self._curves for m in needed)
+        return ("embeddings",) in self._memo and all(("curve", order, m) in self._memo for m in needed)
 
     def prepare(self, order: str, methods: Sequence[str], progress: ProgressFn | None = None) -> None:
         """Compute what ``order`` and ``methods`` need (plus the references), reporting ``progress``."""
         report = progress or (lambda fraction, message: None)
         self.embeddings(progress=lambda f, msg: report(0.4 * f, msg))
-        todo = [m for m in dict.fromkeys([*REFERENCE_METHODS, *methods]) if (order, m) not in self._curves]
+        todo = [m for m in dict.fromkeys([*REFERENCE_METHODS, *methods]) if ("curve", order, m) not in self._memo]
         for i, name in enumerate(todo):
             report(0.4 + 0.6 * i / len(todo), f"Evaluating the {self.label(name)} curve "
                                               f"({len(self.curve_query_ids):,} queries, {order} order)")
@@ -379,15 +379,25 @@ class Explorer:
 
     def embeddings(self, progress: ProgressFn | None = None) -> dict[str, Embeddings]:
         """variant -> gallery :class:`~backfill.embeddings.Embeddings` (``base``, ``full``, ``full_rho``)."""
-        with self._lock:
-            if self._embeddings is None:
-                key = self._hash("embeddings", self._suite_fingerprint(), self.gallery.images,
-                                 self.gallery.labels)
-                arrays = self._cached(key, lambda: self._embed_gallery(progress))
-                self._embeddings = _unflatten(arrays, self.gallery.labels)
-                for variant, emb in self._embeddings.items():
-                    self._digests[variant] = self._hash(*(emb.array(a) for a in emb.available))
-            return self._embeddings
+        def compute() -> dict[str, Embeddings]:
+            key = self._hash("embeddings", self._suite_fingerprint(), self.gallery.images, self.gallery.labels)
+            embeddings = _unflatten(self._cached(key, lambda: self._embed_gallery(progress)), self.gallery.labels)
+            for variant, emb in embeddings.items():
+                self._digests[variant] = self._hash(*(emb.array(a) for a in emb.available))
+            return embeddings
+
+        return self._memoised(("embeddings",), compute)
+
+    def _memoised(self, key: tuple, compute: Callable[[], object]):
+        """``compute()`` once per ``key``; concurrent callers of the same key wait for the first one."""
+        if key in self._memo:
+            return self._memo[key]
+        with self._locks_lock:
+            lock = self._key_locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._memo:
+                self._memo[key] = compute()
+            return self._memo[key]
 
     def _embed_gallery(self, progress: ProgressFn | None) -> dict[str, np.ndarray]:
         n = len(self.gallery)
@@ -406,10 +416,7 @@ class Explorer:
         """The backfill order ``name`` (one of :data:`ORDERS`): int64 ``(N,)`` permutation of the gallery."""
         if name not in ORDERS:
             raise ValueError(f"unknown order {name!r}; expected one of {ORDERS}")
-        with self._lock:
-            if name not in self._orders:
-                self._orders[name] = self._make_order(name)
-            return self._orders[name]
+        return self._memoised(("order", name), lambda: self._make_order(name))
 
     def _make_order(self, name: str) -> np.ndarray:
         if name == "random":
@@ -424,34 +431,29 @@ class Explorer:
 
     def index(self, variant: str, order: str) -> BackfillIndex:
         """The :class:`~backfill.indexing.BackfillIndex` of embedding ``variant`` stored in ``order``."""
-        key = (variant, order)
-        with self._lock:
-            if key not in self._indexes:
-                self._indexes[key] = BackfillIndex(self.embeddings()[variant], self.order(order))
-            return self._indexes[key]
+        return self._memoised(("index", variant, order),
+                              lambda: BackfillIndex(self.embeddings()[variant], self.order(order)))
 
     def curve(self, method: str, order: str) -> CurveData:
         """mAP / top-1 / top-5 curve of ``method`` under ``order`` over :attr:`points` (see module notes)."""
-        key = (order, method)
-        with self._lock:
-            if key not in self._curves:
-                m = self.method(method)
-                gallery = self.embeddings()[m.variant]
-                ids, order_ids = self.curve_query_ids, self.order(order)
-                disk_key = self._hash("curve", backfill.__version__, m.strategy, self._digests[m.variant],
-                                      order_ids, ids, self.points)
+        m = self.method(method)
 
-                def compute() -> dict[str, np.ndarray]:
-                    if len(ids) == gallery.n:
-                        curve = evaluate_curve(m.strategy, gallery, gallery, order_ids, self.points,
-                                               leave_one_out=True)
-                    else:
-                        curve = evaluate_curve(m.strategy, gallery.subset(ids), gallery, order_ids,
-                                               self.points, exclude=ids)
-                    return {metric: np.asarray(getattr(curve, metric), np.float64) for metric in METRICS}
+        def evaluate() -> dict[str, np.ndarray]:
+            gallery, ids, order_ids = self.embeddings()[m.variant], self.curve_query_ids, self.order(order)
+            if len(ids) == gallery.n:
+                curve = evaluate_curve(m.strategy, gallery, gallery, order_ids, self.points, leave_one_out=True)
+            else:
+                curve = evaluate_curve(m.strategy, gallery.subset(ids), gallery, order_ids, self.points,
+                                       exclude=ids)
+            return {metric: np.asarray(getattr(curve, metric), np.float64) for metric in METRICS}
 
-                self._curves[key] = CurveData(method, order, self.points, self._cached(disk_key, compute))
-            return self._curves[key]
+        def compute() -> CurveData:
+            self.embeddings()  # fills the digests
+            disk_key = self._hash("curve", backfill.__version__, m.strategy, self._digests[m.variant],
+                                  self.order(order), self.curve_query_ids, self.points)
+            return CurveData(method, order, self.points, self._cached(disk_key, evaluate))
+
+        return self._memoised(("curve", order, method), compute)
 
     # ----------------------------------------------------------------------------- queries
     def sample_ids(self, count: int = 10) -> np.ndarray:
