@@ -213,8 +213,9 @@ def read_upload(name: str, data: bytes, max_mb: float = MAX_UPLOAD_MB) -> Image.
         image = load_image(data)
     except ImageLoadError as exc:
         # load_image calls bytes input "image data"; the user needs the file name instead.
-        reason = str(exc).removeprefix("image data ")
-        raise UploadError(f"{name}: not a usable image - {reason}") from exc
+        message = str(exc)
+        reason = f"this file {message.removeprefix('image data ')}" if message.startswith("image data ") else message
+        raise UploadError(f"{name}: {reason}") from exc
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)
     return image

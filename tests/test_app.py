@@ -168,15 +168,19 @@ def test_upload_shows_prediction_and_results(quick_env, explorer):
     ("name", "data", "reason"),
     [
         ("empty.png", b"", "the file is empty (0 bytes)"),
-        ("notes.png", b"these are my notes, not a picture", "not a recognised image"),
-        ("broken.jpg", b"\xff\xd8\xff\xe0" + b"\x00" * 64, "not a"),
+        ("notes.png", b"these are my notes, not a picture", "this file is not a recognised image"),
+        ("broken.jpg", b"\xff\xd8\xff\xe0" + b"\x00" * 64, "this file is not a recognised image"),
+        ("cut.png", None, "this file is truncated or corrupt"),
         ("huge.png", b"\x89PNG" + b"\x00" * (MAX_UPLOAD_MB * 2**20), f"over the {MAX_UPLOAD_MB} MB limit"),
     ],
-    ids=["zero-byte", "non-image", "corrupt", "oversized"],
+    ids=["zero-byte", "non-image", "corrupt", "truncated", "oversized"],
 )
 def test_bad_upload_shows_an_error_and_the_page_keeps_working(quick_env, explorer, name, data, reason):
     at = run_app()
     good = png_bytes(explorer.gallery.images[3][..., 0])
+    if data is None:  # a real PNG cut in half
+        noisy = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        data = png_bytes(noisy, size=(64, 64))[:1000]
     at.file_uploader(key="uploads").set_value([(name, data, "image/png"), ("good.png", good, "image/png")]).run()
     assert not at.exception
     errors = [e.value for e in at.error]
