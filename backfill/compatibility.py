@@ -39,6 +39,11 @@ L_MC tau 0.02, 16 hardest negs     0.739     0.716          0.88
 L_MC tau 0.02, 64 hardest negs     0.740     0.713          0.89
 =================================  ========  =============  ============
 
+The L_MC ablation at tau 0.02 (same protocol): joint 0.740; old-space only 0.708 (best mAP at p = 0,
+0.734, but its scores are not calibrated against the new space, so the merge loses); separate
+denominators 0.738; joint + rho 0.766 with mAP 0.806 at p = 1 (above new/new 0.767: no regret);
+new-space only + rho 0.599 (psi then learns from the regression term alone).
+
 So: tau 0.02 (best of 0.01-0.2); hard-negative mining brings nothing at that temperature (the softmax
 already concentrates on the hardest negatives), so all negatives are kept; the regression term is neutral
 on AUC-mAP (0.740 vs 0.742, one seed) and is kept because it defines psi in the ``"new"`` ablation (where
