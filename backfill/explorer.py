@@ -574,7 +574,7 @@ class Explorer:
 
     def label(self, method: str) -> str:
         """Short display name of ``method`` (:data:`DISPLAY_LABELS`, else the suite's label)."""
-        return DISPLAY_LABELS.get(method, self.method(method).label)
+        return DISPLAY_LABELS[method] if method in DISPLAY_LABELS else self.method(method).label
 
     # ----------------------------------------------------------------------------- teaching data
     def projection(self, classes: Sequence[int] | None = None, per_class: int = 150,
