@@ -249,12 +249,11 @@ def thumbnail(image: np.ndarray, size: int = 72, border: str | None = None, widt
         draw = ImageDraw.Draw(pil)
         font = ImageFont.load_default(size=max(9, size // 7))
         height = max(11, size // 5)
-        left, top, right, _ = draw.textbbox((0, 0), badge, font=font)
-        x0 = size - (width if border else 0) - (right - left) - 8
-        y0 = size - (width if border else 0) - height
-        draw.rectangle((x0, y0, size - (width if border else 0) - 1, size - (width if border else 0) - 1),
-                       fill=badge_color)
-        draw.text((x0 + 4, y0 + (height - (_ - top)) / 2 - top), badge, fill="white", font=font)
+        left, top, right, bottom = draw.textbbox((0, 0), badge, font=font)
+        edge = size - (width if border else 0)  # inside the frame, bottom right
+        x0, y0 = edge - (right - left) - 8, edge - height
+        draw.rectangle((x0, y0, edge - 1, edge - 1), fill=badge_color)
+        draw.text((x0 + 4, y0 + (height - (bottom - top)) / 2 - top), badge, fill="white", font=font)
     return pil
 
 
