@@ -175,6 +175,9 @@ def test_thumbnail_frames_and_enlarges_small_images():
     assert thumb.size == (72, 72)
     assert thumb.getpixel((0, 0)) == (44, 160, 44)
     assert thumb.getpixel((36, 36)) == (0, 0, 0)
+    badged = thumbnail(image, size=72, border="#2ca02c", width=4, badge="new", badge_color="#1f77b4")
+    assert badged.getpixel((66, 66)) == (31, 119, 180)  # the badge strip, inside the frame
+    assert badged.getpixel((10, 10)) == (0, 0, 0)
 
 
 # ------------------------------------------------------------------------------------------ explorer
