@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,8 @@ def quick_suite_dir(pytestconfig) -> Path:
     """The quick suite, built once and kept in pytest's cache directory (rebuilt when it fails to load)."""
     from backfill.suite import ModelSuite
 
-    directory = pytestconfig.cache.mkdir("backfill-quick-suite-v1")
+    cache = getattr(pytestconfig, "cache", None)  # None under `-p no:cacheprovider`
+    directory = cache.mkdir("backfill-quick-suite-v1") if cache else Path(tempfile.mkdtemp(prefix="quick-suite-"))
     try:
         ModelSuite.load(directory)
     except (FileNotFoundError, ValueError):
