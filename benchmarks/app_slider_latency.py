@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     explorer.prepare(args.order, methods)
     print(f"models {models}; gallery {len(explorer.gallery):,} images; curves on "
           f"{len(explorer.curve_query_ids):,} queries; warm-up {time.perf_counter() - start:.1f} s "
-          f"({'cached on disk' if cache else 'no disk cache'})")
+          f"(disk cache {'on' if cache else 'off'})")
     times = bench_explorer(explorer, methods, args.order, args.k, args.repeats)
     print(f"explorer calls per slider change ({', '.join(methods)}; k={args.k}): {_stats(times)}")
     if args.apptest:
