@@ -265,3 +265,16 @@ def test_cifar100_with_data_and_models_runs(quick_env, tmp_path):
     query = next(m.value for m in at.markdown if m.value.startswith("**Query:**"))
     assert "class **class_" in query
     assert set(traces(at)) == {"naive (new-partial)", "rank merge", "full (metric-compatible ψ)", "current"}
+
+
+def test_cifar100_download_failure_is_reported(quick_env, monkeypatch):
+    def offline(root=None):
+        raise OSError("no route to host")
+
+    monkeypatch.setattr("backfill.explorer.download_cifar100", offline)
+    at = run_app()
+    at.radio(key="dataset").set_value("cifar100").run()
+    at.sidebar.button[0].click().run()
+    assert not at.exception
+    assert [e.value for e in at.sidebar.error] == ["Download failed: no route to host"]
+    assert any("CIFAR-100 needs its data" in i.value for i in at.info)
