@@ -123,29 +123,36 @@ def _row(curve: Curve, old: Curve, new_map: float, cost: float | None) -> dict[s
     return row
 
 
-def _with_transformed(emb: Embeddings, transformed: np.ndarray) -> Embeddings:
-    return Embeddings(emb.labels, emb.old, emb.new, transformed=transformed)
-
-
 def _ablation(suite: ModelSuite, base: Embeddings, order: np.ndarray, points: np.ndarray, old: Curve,
               new_map: float) -> dict[str, Any]:
-    """rt_merge with psi trained on each variant of the metric-compatible loss (``ablation/`` checkpoints)."""
+    """rt_merge with psi trained on each variant of the metric-compatible loss (``ablation/`` checkpoints).
+
+    ``joint`` is the suite's ``psi_mc``. A variant trained with a head rho (``ablation/rho_mc_<variant>.pt``
+    beside its psi: the new-space-only loss gives psi itself no gradient) is applied as psi(rho(new)), with
+    rho(new) as the new-space embedding.
+    """
     from .checkpoints import load_checkpoint
+    from .compatibility import default_rho_path
 
     rows: dict[str, Any] = {}
     for variant in ABLATION_VARIANTS:
+        path = suite.directory / "ablation" / f"psi_mc_{variant}.pt"
         if variant == "joint":
-            psi = suite.psi_mc
+            psi, rho = suite.psi_mc, None
+        elif path.exists():
+            psi = load_checkpoint(path)[0]
+            rho_path = default_rho_path(path)
+            rho = load_checkpoint(rho_path)[0] if rho_path.exists() else None
         else:
-            path = suite.directory / "ablation" / f"psi_mc_{variant}.pt"
-            psi = load_checkpoint(path)[0] if path.exists() else None
-        if psi is None:
             continue
         with torch.inference_mode():
-            transformed = psi.eval()(torch.from_numpy(base.new)).numpy()
-        curve = evaluate_curve("rt_merge", *(2 * [_with_transformed(base, transformed)]), order, points,
-                               leave_one_out=True)
-        rows[f"mc_{variant}"] = _row(curve, old, new_map, None)
+            new = torch.from_numpy(base.new)
+            if rho is not None:
+                new = rho.eval()(new)
+            emb = Embeddings(base.labels, base.old, new.numpy(), transformed=psi.eval()(new).numpy())
+        curve = evaluate_curve("rt_merge", emb, emb, order, points, leave_one_out=True)
+        label = f"L_MC {variant}" + (" (+ rho)" if rho is not None else "")
+        rows[f"mc_{variant}"] = {**_row(curve, old, new_map, None), "label": label}
     return rows
 
 
@@ -247,7 +254,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             out += _table(rows) + [""]
             if "_ablation" in rows:
                 out += [f"### Metric-compatible loss ablation ({dataset}, {setting}, random order)", ""]
-                out += _table({k: {**v, "label": k} for k, v in rows["_ablation"].items()}) + [""]
+                out += _table(rows["_ablation"]) + [""]
     path.write_text("\n".join(out))
 
 
