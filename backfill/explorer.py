@@ -99,6 +99,9 @@ SPACE_NAMES = ("old", "new")  # SearchResult.spaces: 0 = old space, 1 = new spac
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRETRAINED_DIR = REPO_ROOT / "pretrained"
 DEFAULT_CACHE_DIR = DEFAULT_DOWNLOAD_ROOT / "app"
+#: The on-disk cache keeps its most recently used entries up to this size (one 10,000-image gallery's
+#: embeddings of every variant take about 50 MB, a curve about 1 KB).
+MAX_CACHE_BYTES = 500 * 2**20
 
 ProgressFn = Callable[[float, str], None]
 
@@ -671,7 +674,9 @@ class Explorer:
         if path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as data:
-                    return {name: data[name] for name in data.files}
+                    arrays = {name: data[name] for name in data.files}
+                os.utime(path)  # recently used: pruned last
+                return arrays
             except (OSError, ValueError, EOFError):
                 pass  # a damaged cache entry is recomputed and overwritten
         result = compute()
@@ -680,9 +685,20 @@ class Explorer:
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
             np.savez(tmp, **{name.replace("/", "__"): v for name, v in result.items()})
             os.replace(tmp, path)
+            _prune(self.cache_dir, MAX_CACHE_BYTES)
         except OSError:
             pass  # a read-only or full disk only costs the speed-up
-        return {name: v for name, v in result.items()}
+        return dict(result)
+
+
+def _prune(directory: Path, max_bytes: int) -> None:
+    """Delete the least recently used ``*.npz`` entries of ``directory`` until it holds ``max_bytes``."""
+    entries = sorted(directory.glob("*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    total = 0
+    for entry in entries:
+        total += entry.stat().st_size
+        if total > max_bytes:
+            entry.unlink(missing_ok=True)
 
 
 def _unflatten(arrays: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, Embeddings]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import tempfile
 from pathlib import Path
 
@@ -315,6 +316,17 @@ def test_disk_cache_reuses_results(suite_dir, tmp_path):
     second.suite.embed = None  # would fail if the embeddings were recomputed
     np.testing.assert_array_equal(second.curve("rank_merge", "random").values["map"], curve)
     assert sorted(p.name for p in tmp_path.iterdir()) == files
+
+
+def test_disk_cache_prunes_least_recently_used(tmp_path):
+    from backfill.explorer import _prune
+
+    for i, size in enumerate([300, 300, 300]):
+        entry = tmp_path / f"{i}.npz"
+        entry.write_bytes(bytes(size))
+        os.utime(entry, (1000 + i, 1000 + i))
+    _prune(tmp_path, 700)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.npz", "2.npz"]
 
 
 def test_explorer_rejects_bad_arguments(explorer):
