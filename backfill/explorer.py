@@ -58,7 +58,6 @@ from backfill.evaluation import curve_points, evaluate_curve
 from backfill.indexing import BackfillIndex
 from backfill.metrics import area_under_curve, relative_gain
 from backfill.ordering import (
-    classifier_entropy_priority,
     num_backfilled,
     oracle_priority,
     order_by_score,
@@ -426,10 +425,7 @@ class Explorer:
             return random_order(len(self.gallery), seed=self.seed)
         base = self.embeddings()["base"]
         if name == "deployable":
-            old = self.suite.old
-            layer = old.logit_layer() if hasattr(old, "logit_layer") else old.classifier
-            weight = layer.weight.detach().cpu().numpy()
-            return order_by_score(classifier_entropy_priority(base.old, weight))
+            return order_by_score(self.suite.old_entropy_priority(base.old))
         return order_by_score(oracle_priority(base.old, base.new, self.gallery.labels))
 
     def index(self, variant: str, order: str) -> BackfillIndex:

@@ -37,7 +37,6 @@ from .embeddings import Embeddings
 from .evaluation import Curve, curve_points, evaluate_curve, summarize_curve
 from .ordering import (
     class_centroids,
-    classifier_entropy_priority,
     nearest_centroid_priority,
     oracle_priority,
     order_by_score,
@@ -103,16 +102,15 @@ def deployable_orders(suite: ModelSuite, gallery_old: np.ndarray, data: str | No
 
     ``old_centroid``: :func:`nearest_centroid_priority` with old-space class centroids of
     ``CENTROID_IMAGES_PER_CLASS`` training images of each old class. ``old_entropy``:
-    :func:`classifier_entropy_priority` with the old model's classifier.
+    :meth:`ModelSuite.old_entropy_priority` (the old model's classifier).
     """
     train = subsample_per_class(select_classes(load_dataset(suite.dataset, "train", root=data),
                                                suite.old_classes), CENTROID_IMAGES_PER_CLASS, seed)
     train_old = embed_images(suite.old, train.images, suite.dataset)
     _, centroids = class_centroids(train_old, train.labels)
-    weight = suite.old.classifier.weight.detach().cpu().numpy()
     return {
         "old_centroid": order_by_score(nearest_centroid_priority(gallery_old, centroids)),
-        "old_entropy": order_by_score(classifier_entropy_priority(gallery_old, weight)),
+        "old_entropy": order_by_score(suite.old_entropy_priority(gallery_old)),
     }
 
 

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from backfill.checkpoints import CheckpointError, load_checkpoint
 from backfill.data import preprocess
 from backfill.embeddings import Embeddings
+from backfill.ordering import classifier_entropy_priority
 
 __all__ = ["Method", "METHODS", "VARIANTS", "ModelSuite", "SUITE_FILES", "trained_against", "embed_split",
            "inputs_path"]
@@ -259,6 +260,12 @@ class ModelSuite:
             out["full_rho"] = Embeddings(labels, arrays["old"], arrays["new_rho"],
                                          transformed=arrays["transformed_mc_rho"])
         return out
+
+    def old_entropy_priority(self, old_embeddings: np.ndarray) -> np.ndarray:
+        """Deployable backfill priority: entropy of the old model's own classifier (its exact logits,
+        ``logit_layer()``) on stored old embeddings ``(n, d_o)``; returns ``(n,)`` float64, uncertain first
+        once fed to :func:`backfill.ordering.order_by_score`. Needs no new embedding and no training data."""
+        return classifier_entropy_priority(old_embeddings, self.old.logit_layer().weight.cpu().numpy())
 
     @torch.inference_mode()
     def predict(self, images: Any, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
