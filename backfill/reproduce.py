@@ -46,7 +46,7 @@ from .suite import METHODS, Method, ModelSuite
 from .training import embed_images
 
 __all__ = ["SETTINGS", "ABLATION_VARIANTS", "evaluate_setting", "measure_query_cost", "reproduce",
-           "write_markdown"]
+           "write_markdown", "write_model_cards"]
 
 SETTINGS = ("homogeneous", "heterogeneous")
 #: Ablation checkpoints: ``<setting dir>/ablation/psi_mc_<variant>.pt``; ``joint`` is the suite's psi_mc.
@@ -308,4 +308,65 @@ def reproduce(dataset: str, out: str | Path = "docs", data: str | None = None,
     write_markdown(everything, out / "results.md")
     for setting, rows in results.items():
         plot_curves(rows, f"{dataset}, {setting}: mAP along the backfill", out / f"curves_{dataset}_{setting}.png")
+    write_model_cards(pretrained, everything)
     return results
+
+
+def _architecture(card: dict[str, Any]) -> str:
+    m = card.get("model", {})
+    if m.get("arch") in ("psi", "rho"):
+        d_in, d_out = m.get("d_in", m.get("d")), m.get("d_out", m.get("d"))
+        return f"{m['arch']} " + (f"linear {d_in}->{d_out}" if m.get("hidden") is None
+                                  else f"MLP {d_in}->{m['hidden']}->{d_out}")
+    depth = f"-{m['depth']}" if "depth" in m else ""
+    return f"{m.get('arch')}{depth} width {m.get('width')}, dim {card.get('embedding_dim')}"
+
+
+def _made_elsewhere(card: dict[str, Any], card_path: Path) -> bool:
+    """Whether the card's command wrote its output into another folder (a file shared by two settings)."""
+    words = card.get("command", "").split()
+    out = words[words.index("--out") + 1] if "--out" in words[:-1] else None
+    return out is not None and Path(out).parent != card_path.parent
+
+
+def write_model_cards(pretrained: str | Path = "pretrained", results: dict[str, Any] | None = None) -> Path:
+    """Write ``pretrained/README.md``: one table per trained setting, read from the JSON cards.
+
+    Columns: file, kind, architecture, classes, epochs, training data, test accuracy (backbones) and the
+    command that made the file. ``results`` (``docs/results.json``'s content) adds the retrieval
+    references. Returns the path written.
+    """
+    root = Path(pretrained)
+    out = ["# Shipped weights", "",
+           "Made by `pretrained/train.sh` on this project's 2-core CPU (no GPU); each `NAME.pt` has its full card",
+           "in `NAME.json` (architecture, classes, data source and split, normalisation, epochs, seed, the exact",
+           "command, library versions, per-epoch history, metrics, SHA-256). Training data: the train split",
+           "(CIFAR-100: this project's fixed 500/100-per-class split; Fashion-MNIST: the official split).",
+           "Test accuracy is on the test split, over the classes the model was trained on. Retrieval numbers:",
+           "`docs/results.md` (`backfill reproduce`).", ""]
+    for card_path in sorted(root.glob("*/*/old.json")):
+        setting_dir = card_path.parent
+        dataset, setting = setting_dir.parent.name, setting_dir.name
+        out += [f"## {dataset} / {setting}", ""]
+        meta = (results or {}).get(dataset, {}).get(setting, {}).get("_meta")
+        if meta:
+            out += [f"Test-split retrieval (leave-one-out): old/old mAP {100 * meta['old_map']:.1f}, new/new mAP "
+                    f"{100 * meta['new_map']:.1f}.", ""]
+        out += ["| file | kind | architecture | classes | epochs | train images | test acc | command |",
+                "|---|---|---|---|---|---|---|---|"]
+        for path in sorted(setting_dir.glob("*.json")) + sorted(setting_dir.glob("ablation/*.json")):
+            card = json.loads(path.read_text())
+            training = card.get("training", {})
+            classes = card.get("classes")
+            n_classes = f"0-{max(classes)}" if classes else "-"
+            images = training.get("train_images") or training.get("train_features") or "-"
+            acc = card.get("metrics", {}).get("test_acc")
+            out.append(f"| `{path.relative_to(setting_dir).with_suffix('.pt')}` | {card.get('kind')}"
+                       f"{' (' + training['variant'] + ')' if training.get('variant') else ''} | "
+                       f"{_architecture(card)} | {n_classes} | {card.get('epochs')} | {images} | "
+                       f"{'-' if acc is None else f'{100 * acc:.1f}%'} | `{card.get('command', '-')}`"
+                       f"{' (made elsewhere, copied here)' if _made_elsewhere(card, path) else ''} |")
+        out.append("")
+    path = root / "README.md"
+    path.write_text("\n".join(out))
+    return path

@@ -118,3 +118,11 @@ def test_partial_suite_reports_what_it_has(pretrained_root, tmp_path):
     suite = ModelSuite.load(dst)
     costs = measure_query_cost(suite, np.zeros((28, 28, 1), dtype=np.uint8), repeats=2)
     assert "bct" not in costs and "full" not in costs and "rank_merge" in costs
+
+
+def test_model_cards_are_written_from_the_json_cards(results, pretrained_root):
+    readme = (pretrained_root / "README.md").read_text()
+    assert "## fashion_mnist / homogeneous" in readme
+    assert "old/old mAP" in readme  # the reference retrieval numbers of the run
+    for name in ("old.pt", "new.pt", "bct.pt", "psi_mc.pt", "ablation/psi_mc_old.pt"):
+        assert f"`{name}`" in readme
