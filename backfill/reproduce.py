@@ -250,7 +250,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                     f"Gallery {meta.get('n_gallery')} images; old/old mAP {_fmt(meta.get('old_map'))}, "
                     f"new/new mAP {_fmt(meta.get('new_map'))}. Curves: `curves_{dataset}_{setting}.png`.", ""]
             out += _table(rows) + [""]
-            if "_ablation" in rows:
+            if len(rows.get("_ablation", {})) > 1:  # joint alone is the `full` row already
                 out += [f"### Metric-compatible loss ablation ({dataset}, {setting}, random order)", ""]
                 out += _table(rows["_ablation"]) + [""]
     path.write_text("\n".join(out))
@@ -265,11 +265,12 @@ def plot_curves(rows: dict[str, Any], title: str, path: Path) -> None:
 
     pts = np.asarray(rows["_meta"]["points"]) * 100
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for name, row in rows.items():
-        if name.startswith("_"):
-            continue
+    names = [name for name in rows if not name.startswith("_")]
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, 20))[:: max(1, 20 // len(names))]
+    for name, color in zip(names, colors, strict=False):
         style = "--" if "@" in name else "-"
-        ax.plot(pts, np.asarray(row["map"]) * 100, style, marker="o", markersize=3, label=row["label"])
+        ax.plot(pts, np.asarray(rows[name]["map"]) * 100, style, color=color, marker="o", markersize=3,
+                label=rows[name]["label"])
     ax.set_xlabel("backfilled (%)")
     ax.set_ylabel("mAP (%)")
     ax.set_title(title)
