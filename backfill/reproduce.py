@@ -257,28 +257,15 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
 
 
 def plot_curves(rows: dict[str, Any], title: str, path: Path) -> None:
-    """Save the mAP curves of every row (random order, plus the order rows dashed) as a PNG."""
-    import matplotlib
+    """Save the mAP curve of every row as a PNG (:func:`backfill.plots.curves_png`, the app's chart), with
+    old/old and new/new as reference lines."""
+    from .plots import curves_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = np.asarray(rows["_meta"]["points"]) * 100
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    names = [name for name in rows if not name.startswith("_")]
-    colors = plt.get_cmap("tab20")(np.linspace(0, 1, 20))[:: max(1, 20 // len(names))]
-    for name, color in zip(names, colors, strict=False):
-        style = "--" if "@" in name else "-"
-        ax.plot(pts, np.asarray(rows[name]["map"]) * 100, style, color=color, marker="o", markersize=3,
-                label=rows[name]["label"])
-    ax.set_xlabel("backfilled (%)")
-    ax.set_ylabel("mAP (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    series = {name: row["map"] for name, row in rows.items() if not name.startswith("_") and name not in ("old", "new")}
+    meta = rows["_meta"]
+    path.write_bytes(curves_png(np.asarray(meta["points"]), series,
+                                labels={name: rows[name]["label"] for name in series},
+                                references={"old/old": meta["old_map"], "new/new": meta["new_map"]}, title=title))
 
 
 def reproduce(dataset: str, out: str | Path = "docs", data: str | None = None,
