@@ -239,7 +239,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
            "are the test split, which is also the gallery (leave-one-out). mAP and top-1 in %; AUC = mean over",
            "21 backfill ratios 0, 0.05, ..., 1; relative gain = (AUC-mAP - old/old) / (new/new - old/old);",
            "max neg. flip = worst share of queries (%) whose old-model top-1 was right and is wrong at some",
-           "ratio; query cost = measured model forward time per query relative to one new-model forward.",
+           "ratio; query cost = measured model forward time per query relative to one new-model forward",
+           "(a timing: it moves by a few % between runs; every other number is reproduced exactly).",
            "Rows `..., <order> order` use the best full method with another backfill order; the deployable",
            "orders (`old_centroid`, `old_entropy`) use stored old embeddings only, `oracle` peeks at new",
            "embeddings and labels (upper bound). The best deployable order is picked on this same split.", ""]
@@ -296,7 +297,7 @@ def reproduce(dataset: str, out: str | Path = "docs", data: str | None = None,
     write_markdown(everything, out / "results.md")
     for setting, rows in results.items():
         plot_curves(rows, f"{dataset}, {setting}: mAP along the backfill", out / f"curves_{dataset}_{setting}.png")
-    write_model_cards(pretrained, everything)
+    write_model_cards(pretrained)
     return results
 
 
@@ -317,12 +318,12 @@ def _made_elsewhere(card: dict[str, Any], card_path: Path) -> bool:
     return out is not None and Path(out).parent != card_path.parent
 
 
-def write_model_cards(pretrained: str | Path = "pretrained", results: dict[str, Any] | None = None) -> Path:
-    """Write ``pretrained/README.md``: one table per trained setting, read from the JSON cards.
+def write_model_cards(pretrained: str | Path = "pretrained") -> Path:
+    """Write ``pretrained/README.md``: one table per trained setting, read from the JSON cards only (so it
+    does not depend on where a reproduction wrote its results).
 
     Columns: file, kind, architecture, classes, epochs, training data, test accuracy (backbones) and the
-    command that made the file. ``results`` (``docs/results.json``'s content) adds the retrieval
-    references. Returns the path written.
+    command that made the file. Returns the path written.
     """
     root = Path(pretrained)
     out = ["# Shipped weights", "",
@@ -336,10 +337,6 @@ def write_model_cards(pretrained: str | Path = "pretrained", results: dict[str, 
         setting_dir = card_path.parent
         dataset, setting = setting_dir.parent.name, setting_dir.name
         out += [f"## {dataset} / {setting}", ""]
-        meta = (results or {}).get(dataset, {}).get(setting, {}).get("_meta")
-        if meta:
-            out += [f"Test-split retrieval (leave-one-out): old/old mAP {100 * meta['old_map']:.1f}, new/new mAP "
-                    f"{100 * meta['new_map']:.1f}.", ""]
         out += ["| file | kind | architecture | classes | epochs | train images | test acc | command |",
                 "|---|---|---|---|---|---|---|---|"]
         for path in sorted(setting_dir.glob("*.json")) + sorted(setting_dir.glob("ablation/*.json")):
