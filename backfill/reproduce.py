@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .checkpoints import load_checkpoint
+from .compatibility import default_rho_path
 from .data import load_dataset, preprocess, select_classes, subsample_per_class
 from .embeddings import Embeddings
 from .evaluation import Curve, curve_points, evaluate_curve, summarize_curve
@@ -42,6 +44,7 @@ from .ordering import (
     order_by_score,
     random_order,
 )
+from .strategies import get_strategy
 from .suite import METHODS, Method, ModelSuite
 from .training import embed_images
 
@@ -129,9 +132,6 @@ def _ablation(suite: ModelSuite, base: Embeddings, order: np.ndarray, points: np
     beside its psi: the new-space-only loss gives psi itself no gradient) is applied as psi(rho(new)), with
     rho(new) as the new-space embedding.
     """
-    from .checkpoints import load_checkpoint
-    from .compatibility import default_rho_path
-
     rows: dict[str, Any] = {}
     for variant in ABLATION_VARIANTS:
         path = suite.directory / "ablation" / f"psi_mc_{variant}.pt"
@@ -182,7 +182,7 @@ def evaluate_setting(suite: ModelSuite, images: np.ndarray, labels: np.ndarray, 
     new_row = _row(run("new", base, "random", np.ones(pts.size)), old, new_map, costs.get("new"))
     rows["new"] = {**new_row, "label": "new/new (reference)"}
     methods: list[Method] = [m for m in METHODS if m.variant in variants
-                             and set(_required(m.strategy)) <= set(variants[m.variant].available)]
+                             and set(get_strategy(m.strategy).required_arrays) <= set(variants[m.variant].available)]
     for method in tqdm(methods, desc="methods", disable=not progress, leave=False):
         curve = run(method.strategy, variants[method.variant], "random")
         rows[method.name] = {**_row(curve, old, new_map, costs.get(method.name)), "label": method.label,
@@ -201,12 +201,6 @@ def evaluate_setting(suite: ModelSuite, images: np.ndarray, labels: np.ndarray, 
                      "new_map": new_map, "old_top1": float(old.top1[0]), "new_top1": float(new.top1[0]),
                      "points": pts.tolist(), "seed": seed}
     return rows
-
-
-def _required(strategy: str) -> tuple[str, ...]:
-    from .strategies import get_strategy
-
-    return get_strategy(strategy).required_arrays
 
 
 # ----------------------------------------------------------------------------------------------- report
