@@ -94,11 +94,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--depth", type=int, default=None, help="ResNet depth, 6n+2 (default 8)")
     g.add_argument("--width", type=int, default=None, help="base channel width (default 16)")
     g.add_argument("--dim", type=int, default=128, help="embedding dimension (default 128)")
+    g.add_argument("--backbone", choices=["efficientnet_lite0", "efficientnet_lite2"], default=None,
+                   help="train only an embedding head on this frozen ImageNet-pretrained backbone (RGB "
+                        "datasets; its features are computed once and cached) instead of a network from scratch")
+    g.add_argument("--resolution", type=int, default=None,
+                   help="--backbone: side the 32 px images are upsampled to (default 128)")
+    g.add_argument("--hidden", type=int, default=None, help="--backbone: hidden width of the head (default 512)")
+    g.add_argument("--flip", action="store_true",
+                   help="--backbone: also train on the features of mirrored images (a second cached view)")
     g = common.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=None, help="default: 15 (cifar100), 5 (fashion_mnist)")
     g.add_argument("--batch-size", type=int, default=None, help="default 128")
     g.add_argument("--lr", type=float, default=None, help="OneCycle peak learning rate (default 0.1)")
-    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (default 5e-4)")
+    g.add_argument("--head-weight-decay", type=float, default=None,
+                   help="--backbone: AdamW weight decay of the head (default 1e-4)")
     g.add_argument("--label-smoothing", type=float, default=0.1)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
@@ -124,6 +134,11 @@ def _run_train_backbone(args: argparse.Namespace) -> int:
     """Handler of ``backfill train old|new|bct``."""
     from .training import TrainConfig, train_backbone
 
+    if args.backbone:
+        return _run_train_head(args)
+    for flag in ("resolution", "hidden"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag} is an option of --backbone")
     cfg = TrainConfig(
         kind=args.train_kind, dataset=args.dataset, out=args.out, data=args.data, download=args.download,
         classes=args.classes, arch=args.arch, depth=args.depth, width=args.width, dim=args.dim,
@@ -131,9 +146,31 @@ def _run_train_backbone(args: argparse.Namespace) -> int:
         label_smoothing=args.label_smoothing, seed=args.seed, device=args.device, threads=args.threads,
         resume=args.resume, subsample=args.subsample, old=getattr(args, "old", None),
         bct_weight=getattr(args, "bct_weight", 1.0), progress=not args.no_progress,
-        command="backfill " + " ".join(sys.argv[1:]),
+        command=_command_line(args),
     )
     result = train_backbone(cfg)
+    m = result.card["metrics"]
+    print(f"{args.out}: test accuracy {m['test_acc']:.4f}, last-epoch train accuracy {m['train_acc']:.4f}")
+    return 0
+
+
+def _run_train_head(args: argparse.Namespace) -> int:
+    """``backfill train old|new|bct --backbone NAME``: a head on a frozen pretrained backbone."""
+    from .head_training import default_config, train_head
+
+    for flag in ("arch", "depth", "width", "subsample"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag} does not apply to --backbone (the backbone is fixed and pretrained)")
+    cfg = default_config(
+        kind=args.train_kind, backbone=args.backbone, dataset=args.dataset, out=args.out, data=args.data,
+        download=args.download, classes=args.classes, old=getattr(args, "old", None),
+        resolution=args.resolution, hidden=args.hidden, dim=args.dim, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.head_weight_decay, flip=args.flip,
+        label_smoothing=args.label_smoothing, bct_weight=getattr(args, "bct_weight", None), seed=args.seed,
+        device=args.device, threads=args.threads, progress=not args.no_progress,
+        command=_command_line(args),
+    )
+    result = train_head(cfg)
     m = result.card["metrics"]
     print(f"{args.out}: test accuracy {m['test_acc']:.4f}, last-epoch train accuracy {m['train_acc']:.4f}")
     return 0
@@ -199,7 +236,7 @@ def _run_train_transform(args: argparse.Namespace) -> int:
         args.old, args.new, args.out, dataset=args.dataset, data=args.data, download=args.download,
         loss=args.loss, variant=args.variant, rho=args.rho, rho_out=args.rho_out, views=args.views,
         feature_cache=args.feature_cache, device=args.device, threads=args.threads,
-        command="backfill " + " ".join(sys.argv[1:]), progress=not args.no_progress, epochs=args.epochs,
+        command=_command_line(args), progress=not args.no_progress, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr,
         seed=args.seed, **mc_options,
     )
@@ -285,9 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as typed, for the cards of what it writes."""
+    return "backfill " + " ".join(args.argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return int(args.handler(args) or 0)
     except (ValueError, FileNotFoundError, KeyError) as exc:  # user errors: one clear line, no traceback

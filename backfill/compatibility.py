@@ -70,7 +70,7 @@ from tqdm.auto import tqdm
 from backfill.data import ImageDataset, augment_batch, to_tensor_uint8
 from backfill.losses import MC_VARIANTS, MetricCompatibleLoss, TransformRegressionLoss
 from backfill.models import EmbeddingHead, ReverseTransform
-from backfill.training import configure_threads, embed_images, resolve_device
+from backfill.training import configure_threads, embed_dataset, embed_images, resolve_device
 
 __all__ = [
     "DEFAULT_TEMPERATURE",
@@ -107,12 +107,18 @@ def cache_features(
     if views < 1:
         raise ValueError(f"views must be >= 1, got {views}")
     clean = to_tensor_uint8(data.images)
-    olds, news = [], []
-    for view in tqdm(range(views), desc="cache features (views)", disable=not progress or views == 1):
+    olds = [embed_dataset(old_model, data.images, data.name, batch_size=batch_size, device=device,
+                          progress=progress).numpy()]
+    news = [embed_dataset(new_model, data.images, data.name, batch_size=batch_size, device=device,
+                          progress=progress).numpy()]
+    if views > 1 and "pretrained" in (getattr(old_model, "spec", {}).get("arch"),
+                                      getattr(new_model, "spec", {}).get("arch")):
+        raise ValueError("views > 1 (augmented copies) is for end-to-end backbones; heads on pretrained "
+                         "backbones train on cached clean features")
+    for view in tqdm(range(1, views), desc="cache features (views)", disable=not progress or views == 1):
         # View 0 is the clean image; each augmented view is drawn once and fed to both models, so the
         # old/new pair of every row shows the same crop/flip.
-        x = clean if view == 0 else augment_batch(
-            clean, data.name, generator=torch.Generator().manual_seed(seed * 1000 + view))
+        x = augment_batch(clean, data.name, generator=torch.Generator().manual_seed(seed * 1000 + view))
         olds.append(embed_images(old_model, x, data.name, batch_size, device).numpy())
         news.append(embed_images(new_model, x, data.name, batch_size, device).numpy())
     labels = np.tile(data.labels, views).astype(np.int64)

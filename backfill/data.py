@@ -54,6 +54,7 @@ __all__ = [
     "load_dataset",
     "select_classes",
     "subsample_per_class",
+    "per_class_indices",
     "augment_batch",
     "normalize_uint8",
     "load_image",
@@ -348,19 +349,21 @@ def select_classes(ds: ImageDataset, classes: int | list[int] | np.ndarray) -> I
                         {**ds.meta, "classes": keep_ids.tolist()})
 
 
+def per_class_indices(labels: np.ndarray, n_per_class: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most ``n_per_class`` items per label, chosen by a seeded permutation."""
+    if n_per_class <= 0:
+        raise ValueError(f"n_per_class must be positive, got {n_per_class}")
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero(labels == c))[:n_per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
 def subsample_per_class(ds: ImageDataset, n_per_class: int, seed: int = 0) -> ImageDataset:
     """Keep at most ``n_per_class`` images per class, chosen by a seeded permutation (deterministic).
 
     The kept images stay in their original order.
     """
-    if n_per_class <= 0:
-        raise ValueError(f"n_per_class must be positive, got {n_per_class}")
-    rng = np.random.default_rng(seed)
-    keep = []
-    for c in np.unique(ds.labels):
-        idx = np.flatnonzero(ds.labels == c)
-        keep.append(rng.permutation(idx)[:n_per_class])
-    keep_idx = np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+    keep_idx = per_class_indices(ds.labels, n_per_class, seed)
     return ImageDataset(ds.images[keep_idx], ds.labels[keep_idx], ds.class_names, ds.name, ds.split,
                         ds.source, {**ds.meta, "subsample_per_class": n_per_class, "subsample_seed": seed})
 

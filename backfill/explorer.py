@@ -403,6 +403,17 @@ class Explorer:
 
     def _embed_gallery(self, progress: ProgressFn | None) -> dict[str, np.ndarray]:
         n = len(self.gallery)
+        if self.suite.uses_pretrained_backbones:
+            # One pass over the whole gallery: each frozen backbone's features are computed once and cached
+            # on disk (keyed by weights and images), then every head runs on them in a second or two.
+            def report(done: int, total: int, backbone: str) -> None:
+                if progress:
+                    progress(done / total, f"{backbone} features of the gallery (once, then cached): "
+                                           f"{done:,}/{total:,} images")
+
+            embedded = self.suite.embed(self.gallery.images, self.gallery.labels, on_progress=report)
+            return {f"{variant}/{array}": emb.array(array) for variant, emb in embedded.items()
+                    for array in emb.available}
         parts: list[dict[str, Embeddings]] = []
         for start in range(0, n, self.batch_size):
             if progress:

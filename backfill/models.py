@@ -323,13 +323,19 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     if not isinstance(spec, dict) or "arch" not in spec:
         raise ValueError(f"model spec must be a dict with an 'arch' key, got {spec!r}")
     arch = spec["arch"]
-    if arch not in _ARCHS:
-        raise ValueError(f"unknown model arch {arch!r}; expected one of {sorted(_ARCHS)}")
+    if arch == "pretrained":  # lazily: only these need timm and the backbone wheels
+        from backfill.backbones import PretrainedNet
+
+        archs = {**_ARCHS, "pretrained": PretrainedNet}
+    else:
+        archs = _ARCHS
+    if arch not in archs:
+        raise ValueError(f"unknown model arch {arch!r}; expected one of {sorted([*_ARCHS, 'pretrained'])}")
     kwargs = {k: v for k, v in spec.items() if k != "arch"}
     if arch in ("resnet", "cnn") and "logit_scale" not in kwargs:
         kwargs["logit_scale"] = None  # a card from before the cosine classifier: plain linear logits
     try:
-        return _ARCHS[arch](**kwargs)
+        return archs[arch](**kwargs)
     except TypeError as exc:
         raise ValueError(f"invalid arguments for arch {arch!r}: {exc}") from exc
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from .checkpoints import load_checkpoint
 from .compatibility import default_rho_path
-from .data import load_dataset, preprocess, select_classes, subsample_per_class
+from .data import load_dataset, per_class_indices, preprocess
 from .embeddings import Embeddings
 from .evaluation import Curve, curve_points, evaluate_curve, summarize_curve
 from .ordering import (
@@ -46,7 +46,7 @@ from .ordering import (
 )
 from .strategies import get_strategy
 from .suite import METHODS, Method, ModelSuite
-from .training import embed_images
+from .training import embed_dataset, embed_images
 
 __all__ = ["SETTINGS", "ABLATION_VARIANTS", "evaluate_setting", "measure_query_cost", "reproduce",
            "write_markdown", "write_model_cards"]
@@ -107,10 +107,14 @@ def deployable_orders(suite: ModelSuite, gallery_old: np.ndarray, data: str | No
     ``CENTROID_IMAGES_PER_CLASS`` training images of each old class. ``old_entropy``:
     :meth:`ModelSuite.old_entropy_priority` (the old model's classifier).
     """
-    train = subsample_per_class(select_classes(load_dataset(suite.dataset, "train", root=data),
-                                               suite.old_classes), CENTROID_IMAGES_PER_CLASS, seed)
-    train_old = embed_images(suite.old, train.images, suite.dataset)
-    _, centroids = class_centroids(train_old, train.labels)
+    train = load_dataset(suite.dataset, "train", root=data)
+    old_class_rows = np.flatnonzero(np.isin(train.labels, suite.old_classes))
+    rows = old_class_rows[per_class_indices(train.labels[old_class_rows], CENTROID_IMAGES_PER_CLASS, seed)]
+    if getattr(suite.old, "spec", {}).get("arch") == "pretrained":  # cached backbone features of the split
+        train_old = embed_dataset(suite.old, train.images, suite.dataset)[torch.from_numpy(rows)]
+    else:
+        train_old = embed_images(suite.old, train.images[rows], suite.dataset)
+    _, centroids = class_centroids(train_old, train.labels[rows])
     return {
         "old_centroid": order_by_score(nearest_centroid_priority(gallery_old, centroids)),
         "old_entropy": order_by_score(suite.old_entropy_priority(gallery_old)),
@@ -301,6 +305,9 @@ def _architecture(card: dict[str, Any]) -> str:
         d_in, d_out = m.get("d_in", m.get("d")), m.get("d_out", m.get("d"))
         return f"{m['arch']} " + (f"linear {d_in}->{d_out}" if m.get("hidden") is None
                                   else f"MLP {d_in}->{m['hidden']}->{d_out}")
+    if m.get("arch") == "pretrained":
+        return (f"frozen {m['backbone']} ({m['resolution']} px) + head {m['hidden']}->{card.get('embedding_dim')}"
+                f"{' (flip view)' if 'flip' in card.get('backbone', {}).get('views', []) else ''}")
     depth = f"-{m['depth']}" if "depth" in m else ""
     return f"{m.get('arch')}{depth} width {m.get('width')}, dim {card.get('embedding_dim')}"
 

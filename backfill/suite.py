@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,31 +199,51 @@ class ModelSuite:
         return out
 
     @torch.inference_mode()
-    def embed_arrays(self, images: Any, batch_size: int = 256,
-                     progress: bool = False) -> dict[str, np.ndarray]:
+    def embed_arrays(self, images: Any, batch_size: int = 256, progress: bool = False,
+                     on_progress: Callable[[int, int, str], None] | None = None) -> dict[str, np.ndarray]:
         """Every embedding the suite can make, as float32 C-contiguous arrays ``(n, d)``.
 
         Keys (present when their models are): ``old``, ``new``, ``bct``, ``transformed`` (psi_regression of
         new), ``transformed_mc`` (psi_mc of new), ``new_rho`` (rho_mc of new), ``transformed_mc_rho``
         (psi_mc_rho of new_rho). Each batch is preprocessed once (:func:`backfill.data.preprocess`) and fed
-        to every backbone; the heads run on the new embedding.
+        to every backbone; the heads run on the new embedding. Frozen pretrained backbones run once per
+        batch whatever the number of heads on them; for a dataset array (a gallery or split) their features
+        come from the disk cache (``backbones.dataset_features``, computed once; ``on_progress(done, total,
+        backbone)`` follows that computation).
         """
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         images = _as_sequence(images)
         n = len(images)
         parts: dict[str, list[torch.Tensor]] = {}
+        backbones = [m for m in (self.old, self.new, self.bct) if _is_pretrained(m)]
+        cached: dict[tuple, np.ndarray] = {}
+        if isinstance(images, np.ndarray) and backbones:
+            # A dataset split: every frozen backbone's features come from the disk cache (computed once).
+            from backfill.backbones import dataset_features
+
+            for model in backbones:
+                if model.backbone_key not in cached:
+                    name, dataset, resolution = model.backbone_key
+                    cached[model.backbone_key] = dataset_features(name, images, dataset=dataset,
+                                                                  resolution=resolution, progress=progress,
+                                                                  on_progress=on_progress)
 
         def put(key: str, value: torch.Tensor) -> None:
             parts.setdefault(key, []).append(value.float().cpu())
 
         for start in tqdm(range(0, n, batch_size), desc="embed", disable=not progress, leave=False):
-            x = preprocess(images[start:start + batch_size], self.dataset).to(self.device)
-            new = self.new.embed(x)
-            put("old", self.old.embed(x))
+            batch = images[start:start + batch_size]
+            pixels_needed = not cached or _needs_pixels((self.old, self.new, self.bct))
+            x = preprocess(batch, self.dataset).to(self.device) if pixels_needed else None
+            # One backbone pass per distinct frozen backbone and batch, shared by every head on it.
+            feats = {key: torch.from_numpy(value[start:start + batch_size]).to(self.device)
+                     for key, value in cached.items()}
+            new = _embed(self.new, x, feats)
+            put("old", _embed(self.old, x, feats))
             put("new", new)
             if self.bct is not None:
-                put("bct", self.bct.embed(x))
+                put("bct", _embed(self.bct, x, feats))
             if self.psi_regression is not None:
                 put("transformed", self.psi_regression(new))
             if self.psi_mc is not None:
@@ -234,7 +255,8 @@ class ModelSuite:
         return {k: np.ascontiguousarray(torch.cat(v).numpy(), dtype=np.float32) for k, v in parts.items()}
 
     def embed(self, images: Any, labels: np.ndarray | None = None, batch_size: int = 256,
-              progress: bool = False) -> dict[str, Embeddings]:
+              progress: bool = False, on_progress: Callable[[int, int, str], None] | None = None,
+              ) -> dict[str, Embeddings]:
         """Embed images into the bundles the engine evaluates, one per available variant.
 
         Parameters
@@ -250,7 +272,7 @@ class ModelSuite:
         "full": Embeddings(labels, old, new, transformed=psi_mc(new))`` (if psi_mc),
         ``"full_rho": Embeddings(labels, old, new=rho(new), transformed=psi_mc_rho(rho(new)))}`` (if rho).
         """
-        arrays = self.embed_arrays(images, batch_size, progress)
+        arrays = self.embed_arrays(images, batch_size, progress, on_progress)
         out = {"base": Embeddings(labels, arrays["old"], arrays["new"], transformed=arrays.get("transformed"),
                                   bct=arrays.get("bct"))}
         if "transformed_mc" in arrays:
@@ -260,6 +282,11 @@ class ModelSuite:
             out["full_rho"] = Embeddings(labels, arrays["old"], arrays["new_rho"],
                                          transformed=arrays["transformed_mc_rho"])
         return out
+
+    @property
+    def uses_pretrained_backbones(self) -> bool:
+        """Whether some model is a head on a frozen pretrained backbone (its features are cached per split)."""
+        return any(_is_pretrained(m) for m in (self.old, self.new, self.bct))
 
     def old_entropy_priority(self, old_embeddings: np.ndarray) -> np.ndarray:
         """Deployable backfill priority: entropy of the old model's own classifier (its exact logits,
@@ -280,6 +307,25 @@ class ModelSuite:
             probs.append(torch.softmax(logits.float(), dim=1).cpu())
         p = np.ascontiguousarray(torch.cat(probs).numpy(), dtype=np.float32)
         return p.argmax(axis=1).astype(np.int64), p
+
+
+def _is_pretrained(model: nn.Module | None) -> bool:
+    """A head on a frozen pretrained backbone (``backbones.PretrainedNet``)?"""
+    return model is not None and getattr(model, "spec", {}).get("arch") == "pretrained"
+
+
+def _embed(model: nn.Module, x: torch.Tensor | None, feats: dict[tuple, torch.Tensor]) -> torch.Tensor:
+    """``model``'s embedding of the preprocessed batch ``x``; heads on a frozen backbone reuse (or fill)
+    ``feats[backbone_key]``, so each backbone runs once per batch however many heads share it."""
+    if not _is_pretrained(model):
+        return model.embed(x)
+    if model.backbone_key not in feats:
+        feats[model.backbone_key] = model.frozen_backbone()(x)
+    return model.embed_features(feats[model.backbone_key])
+
+
+def _needs_pixels(models: tuple[nn.Module | None, ...]) -> bool:
+    return any(m is not None and not _is_pretrained(m) for m in models)
 
 
 def _file_sha256(path: Path) -> str:

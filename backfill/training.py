@@ -66,6 +66,7 @@ __all__ = [
     "configure_threads",
     "build_backbone",
     "embed_images",
+    "embed_dataset",
     "classify_accuracy",
     "train_backbone",
 ]
@@ -213,6 +214,31 @@ def embed_images(model: nn.Module, images: np.ndarray | torch.Tensor, dataset: s
     if logits:
         return emb, (torch.cat(outs) if outs else torch.zeros(0, getattr(model, "num_classes", 0)))
     return emb
+
+
+def embed_dataset(model: nn.Module, images: np.ndarray, dataset: str, *, batch_size: int = 512,
+                  device: str | torch.device = "cpu", logits: bool = False, progress: bool = False,
+                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """:func:`embed_images` of a whole dataset split; a head on a frozen pretrained backbone
+    (``models.PretrainedNet``) runs on the backbone's cached features of ``images`` instead of the images."""
+    if getattr(model, "spec", {}).get("arch") != "pretrained":
+        return embed_images(model, images, dataset, batch_size, device, logits)
+    from .backbones import dataset_features
+
+    backbone, feat_dataset, resolution = model.backbone_key
+    feats = torch.from_numpy(dataset_features(backbone, images, dataset=feat_dataset, resolution=resolution,
+                                              progress=progress))
+    was_training = model.training
+    model.eval()
+    embs, outs = [], []
+    with torch.no_grad():
+        for start in range(0, len(feats), 4096):
+            emb, out = model.forward_features(feats[start:start + 4096].to(device))
+            embs.append(emb.cpu())
+            outs.append(out.cpu())
+    model.train(was_training)
+    emb = torch.cat(embs)
+    return (emb, torch.cat(outs)) if logits else emb
 
 
 def classify_accuracy(model: nn.Module, ds: ImageDataset, batch_size: int = 512,

@@ -39,24 +39,20 @@ case "$dataset" in
     heads() { transforms "$d"; }
     ;;
   cifar100)
-    d=pretrained/cifar100/homogeneous
-    h=pretrained/cifar100/heterogeneous
-    # Two 1-thread jobs side by side use a 2-core CPU better than one 2-thread job.
-    one=(--threads 1 --depth 8)
-    slot_a() {  # homogeneous old (ResNet-8, width 16) -> its BCT -> homogeneous heads
-      train old "$d/old.pt" --classes 50 --width 16 --epochs 10 "${one[@]}"
-      train bct "$d/bct.pt" --old "$d/old.pt" --width 16 --epochs 8 "${one[@]}"
-      while [ ! -f "$d/new.pt" ]; do sleep 20; done
-      transforms "$d"
+    # Heads on frozen ImageNet-pretrained EfficientNet-Lite backbones (features cached once per backbone and
+    # split in ~/.cache/backfill/features; the first stage that needs them computes them with a progress bar).
+    d=pretrained/cifar100/homogeneous    # old Lite0 (classes 0-49) -> new Lite0 (all classes)
+    h=pretrained/cifar100/heterogeneous  # old Lite0 (classes 0-49) -> new Lite2 (all classes)
+    lite0=(--backbone efficientnet_lite0 --flip); lite2=(--backbone efficientnet_lite2 --flip)
+    backbones() {
+      train old "$d/old.pt" --classes 50 "${lite0[@]}"
+      train new "$d/new.pt" "${lite0[@]}"
+      train bct "$d/bct.pt" --old "$d/old.pt" "${lite0[@]}"
+      # The old model is the same in both settings: the heterogeneous suite gets a copy of it.
+      mkdir -p "$h"; [ -f "$h/old.pt" ] || { cp "$d/old.pt" "$h/old.pt"; cp "$d/old.json" "$h/old.json"; }
+      train new "$h/new.pt" "${lite2[@]}"
+      train bct "$h/bct.pt" --old "$h/old.pt" "${lite2[@]}"
     }
-    slot_b() {  # the new model (shared by both settings) -> heterogeneous old (width 8) -> its BCT
-      train new "$d/new.pt" --width 16 --epochs 8 "${one[@]}"
-      mkdir -p "$h"; [ -f "$h/new.pt" ] || { cp "$d/new.pt" "$h/new.pt"; cp "$d/new.json" "$h/new.json"; }
-      train old "$h/old.pt" --classes 50 --width 8 --epochs 10 "${one[@]}"
-      transforms "$h"
-      train bct "$h/bct.pt" --old "$h/old.pt" --width 16 --epochs 8 "${one[@]}"
-    }
-    backbones() { slot_a & slot_b & wait; }
     heads() { transforms "$d" ablation; transforms "$h"; }
     ablation() { transforms "$d" ablation; }
     ;;
@@ -65,7 +61,7 @@ esac
 case "$stage" in
   backbones) backbones ;;
   heads) heads ;;
-  slot_a|slot_b|ablation) "$stage" ;;
+  ablation) "$stage" ;;
   all) backbones; heads ;;
   *) echo "unknown stage $stage (backbones, heads, all)" >&2; exit 2 ;;
 esac
