@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    """``backfill evaluate EMB.npz ...`` (engine; contract fixed by issue 2)."""
-    from backfill.strategies import STRATEGIES  # dataclasses only: cheap to import
+    """``backfill evaluate EMB.npz ...``: the engine's curves on an embeddings file."""
+    from backfill.strategies import ALIASES, STRATEGIES  # dataclasses only: cheap to import
 
+    aliases = "; ".join(f"{a.name} = {a.strategy} on a file from `backfill embed --variant {a.embed_variant}` "
+                        f"({a.meaning})" for a in ALIASES.values())
     p = sub.add_parser(
         "evaluate",
         help="mAP / top-1 / top-5 curves over backfill ratios for each strategy",
         description="Evaluate retrieval strategies along the backfill curve. Queries are the gallery "
         "(leave-one-out). EMB.npz holds labels (N,), old (N,d_o), new (N,d_n) and optionally transformed "
-        "(N,d_o) and bct (N,d_o).",
+        "(N,d_o) and bct (N,d_o). The full method's names full and full_rho are aliases (see --strategy).",
     )
     p.add_argument("emb", metavar="EMB.npz", help="embeddings file")
-    p.add_argument("--strategy", nargs="+", choices=list(STRATEGIES), metavar="NAME", default=None,
-                   help=f"strategies to evaluate (default: all the file supports): {', '.join(STRATEGIES)}")
+    p.add_argument("--strategy", action="extend", nargs="+", choices=[*STRATEGIES, *ALIASES], metavar="NAME",
+                   default=None,
+                   help="strategy to evaluate; repeat the flag or list several names (duplicates are dropped; "
+                        f"default: all the file supports): {', '.join(STRATEGIES)}; aliases: {aliases}")
     p.add_argument("--points", type=int, default=21, help="number of backfill ratios in [0, 1] (default 21)")
     p.add_argument("--order", default="random", metavar="random|FILE.npy",
                    help="backfill order: random (seeded) or a .npy permutation of the gallery ids")
@@ -33,29 +38,80 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_evaluate)
 
 
-def _run_evaluate(args: argparse.Namespace) -> int:
+def _embed_variant(emb_path: str) -> str | None:
+    """The ``--variant`` that ``backfill embed`` recorded for ``EMB.npz`` (``None`` for a hand-made file)."""
     import json
+    from pathlib import Path
+
+    # The record is backfill.suite.inputs_path(emb); not imported from there, which would load torch.
+    record = Path(emb_path).with_suffix(".inputs.json")
+    try:
+        variant = json.loads(record.read_text()).get("variant")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return variant if isinstance(variant, str) else None
+
+
+def _load_order(path_text: str, n: int):
+    """The backfill order stored in a ``.npy`` file, checked to be a permutation of ``0..n-1``."""
     from pathlib import Path
 
     import numpy as np
 
+    from backfill.ordering import validate_order
+
+    path = Path(path_text)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such order file: {path} (use 'random' or a .npy file)")
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":  # numpy would try it as a pickle and advise allow_pickle
+            raise ValueError(f"{path}: not a .npy file")
+    try:
+        order = np.load(path, allow_pickle=False)
+    except ValueError:
+        raise ValueError(f"{path}: not a readable .npy array of gallery ids") from None
+    return validate_order(order, n)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    """Handler of ``backfill evaluate``."""
+    import json
+    from pathlib import Path
+
     from backfill.embeddings import Embeddings
-    from backfill.evaluation import curve_points, evaluate_strategies
-    from backfill.ordering import random_order, validate_order
+    from backfill.evaluation import curve_points
+    from backfill.ordering import random_order
+    from backfill.report import evaluate_strategies
+    from backfill.strategies import ALIASES
 
     emb = Embeddings.load(args.emb)
+    variant = _embed_variant(args.emb)
+    names = None if args.strategy is None else list(dict.fromkeys(args.strategy))  # repeated flags: once each
+    for name in names or ():
+        alias = ALIASES.get(name)
+        if alias is not None and variant is not None and variant != alias.embed_variant:
+            raise ValueError(
+                f"'{name}' is {alias.strategy} on a file from `backfill embed --variant {alias.embed_variant}`"
+                f" ({alias.meaning}), but {args.emb} was embedded with --variant {variant}: evaluate"
+                f" {alias.strategy}, or re-embed with --variant {alias.embed_variant}"
+            )
     if args.order == "random":
-        order, order_desc = random_order(emb.n, args.seed), f"random (seed {args.seed})"
+        order, order_desc = random_order(emb.n, seed=args.seed), f"random (seed {args.seed})"
     else:
-        path = Path(args.order)
-        if not path.is_file():
-            raise FileNotFoundError(f"no such order file: {path} (use 'random' or a .npy file)")
-        order, order_desc = validate_order(np.load(path, allow_pickle=False), emb.n), str(path)
-    result = evaluate_strategies(emb, args.strategy, order, curve_points(args.points))
+        order, order_desc = _load_order(args.order, emb.n), str(args.order)
+    result = evaluate_strategies(emb, order=order, strategies=names, points=curve_points(args.points))
     result["order"] = order_desc
     result["embeddings"] = str(args.emb)
+    if variant is not None:
+        result["embed_variant"] = variant
     print(f"{emb.n} queries = gallery (leave-one-out), order: {order_desc}, {args.points} points;"
           f" {result['n_excluded_queries']} queries without relevant items excluded")
+    for name in result["strategies"]:
+        if name in ALIASES:
+            print(f"  {name}: {ALIASES[name].strategy} on this file's transformed array ({ALIASES[name].meaning})")
+    method = [a.name for a in ALIASES.values() if a.embed_variant == variant]
+    if method and "rt_merge" in result["strategies"]:
+        print(f"  note: {args.emb} was embedded with --variant {variant}, so rt_merge here is the {method[0]} method")
     for key, value in result["reference"].items():
         print(f"  {key}: {value:.4f}")
     print(f"  {'strategy':<12} {'mAP@0':>7} {'mAP@1':>7} {'AUC mAP':>8} {'AUC top1':>9} {'rel.gain':>9}")
@@ -73,7 +129,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     """``backfill train {old,new,bct,transform} ...`` (``transform``: see ``_add_train_transform``)."""
-    train = sub.add_parser("train", help="train old/new/BCT backbones or the compatibility transform",
+    train = sub.add_parser("train", help="train old/new/BCT models or the reverse transformation psi",
                            description="Train a model; writes OUT.pt and its OUT.json card.")
     train_sub = train.add_subparsers(dest="train_command", required=True)
     common = argparse.ArgumentParser(add_help=False)
@@ -179,8 +235,8 @@ def _run_train_head(args: argparse.Namespace) -> int:
 def _add_train_transform(sub: argparse._SubParsersAction) -> None:
     """``backfill train transform ...``: psi (and rho) on features of the frozen old/new models.
 
-    The L_MC options default to ``None`` here so that the values chosen by measurement live in one place,
-    ``backfill.compatibility.DEFAULT_*`` (importing it here would load torch for ``backfill --help``).
+    Unset options default to ``None`` here so that the values chosen by measurement live in one place,
+    ``backfill.transform_training.TransformConfig`` (importing it here would load torch for ``--help``).
     """
     text = ("train the reverse transformation psi (new -> old space), optionally with the new head rho, on "
             "cached embeddings of the train split by the frozen old and new models")
@@ -193,26 +249,25 @@ def _add_train_transform(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--download", action="store_true", help="download with torchvision if not found")
     p.add_argument("--loss", choices=["regression", "mc"], default="regression",
                    help="regression: L2 to the old embedding; mc: metric-compatible contrastive loss")
-    p.add_argument("--variant", choices=["joint", "old", "new", "separate"], default="joint",
-                   help="L_MC variant (ablations: old-space only, new-space only, separate denominators)")
+    p.add_argument("--denominator", choices=["joint", "old", "new", "separate"], default="joint",
+                   help="L_MC's negatives: joint (both spaces in one denominator, the method) or the ablations "
+                        "old-space only, new-space only, separate denominators")
     p.add_argument("--rho", action="store_true", help="also train the new-model head rho (--loss mc)")
     p.add_argument("--rho-out", metavar="RHO.pt", default=None,
                    help="where rho goes (default: psi_mc_rho.pt -> rho_mc.pt, NAME.pt -> rho_NAME.pt)")
     p.add_argument("--temperature", type=float, default=None,
-                   help="L_MC temperature (default: compatibility.DEFAULT_TEMPERATURE, chosen by a sweep)")
+                   help="L_MC temperature (default 0.02, chosen by a held-out sweep)")
     p.add_argument("--hard-negatives", type=int, default=None, metavar="K",
-                   help="keep the K hardest negatives per anchor, 0 = all (default: "
-                        "compatibility.DEFAULT_HARD_NEGATIVES)")
+                   help="keep the K hardest negatives per anchor, 0 = all (default: all)")
     p.add_argument("--regression-weight", type=float, default=None,
-                   help="weight of the regression term added to L_MC (default: "
-                        "compatibility.DEFAULT_REGRESSION_WEIGHT)")
+                   help="weight of the regression term added to L_MC (default 1)")
     p.add_argument("--views", type=int, default=1,
                    help="cached views per train image: 1 clean + (views-1) augmented (default 1)")
     p.add_argument("--feature-cache", metavar="FEATS.npz", default=None,
                    help="reuse/write the cached features here (checked against the weights' SHA-256)")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=None, help="default 15")
+    p.add_argument("--batch-size", type=int, default=None, help="default 256")
+    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: one per core)")
@@ -223,22 +278,21 @@ def _add_train_transform(sub: argparse._SubParsersAction) -> None:
 
 def _run_train_transform(args: argparse.Namespace) -> int:
     """Handler of ``backfill train transform``."""
-    from .compatibility import train_transform
+    from .transform_training import TransformConfig, train_transform
 
     if args.rho and args.loss != "mc":
         raise ValueError("--rho needs --loss mc (rho is trained by the metric-compatible loss)")
-    # Unset options are left out so that fit_transform's measured defaults apply.
-    mc_options = {k: v for k, v in (("temperature", args.temperature),
-                                    ("regression_weight", args.regression_weight)) if v is not None}
+    options = {"temperature": args.temperature, "regression_weight": args.regression_weight,
+               "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
+    config = TransformConfig(loss=args.loss, denominator=args.denominator, rho=args.rho, views=args.views,
+                             seed=args.seed, device=args.device,
+                             **{key: value for key, value in options.items() if value is not None})
     if args.hard_negatives is not None:
-        mc_options["hard_negatives"] = args.hard_negatives or None  # 0 = all negatives
+        config = replace(config, hard_negatives=args.hard_negatives or None)  # 0 = all negatives
     cards = train_transform(
-        args.old, args.new, args.out, dataset=args.dataset, data=args.data, download=args.download,
-        loss=args.loss, variant=args.variant, rho=args.rho, rho_out=args.rho_out, views=args.views,
-        feature_cache=args.feature_cache, device=args.device, threads=args.threads,
-        command=_command_line(args), progress=not args.no_progress, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, **mc_options,
+        args.old, args.new, args.out, config, dataset=args.dataset, data=args.data, download=args.download,
+        rho_out=args.rho_out, feature_cache=args.feature_cache, threads=args.threads,
+        command=_command_line(args), progress=not args.no_progress,
     )
     last = cards["psi"]["history"][-1]
     print(f"{args.out}: last-epoch loss {last['loss']:.4f}")
@@ -319,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_evaluate, _add_train, _add_embed, _add_reproduce):
         add(sub)
+    from .live.cli import add_commands as _add_live  # gallery, serve (live backfilling; imports are lazy)
+
+    _add_live(sub)
     return parser
 
 

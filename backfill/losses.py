@@ -117,7 +117,7 @@ class TransformRegressionLoss(nn.Module):
         return diff.pow(2).sum(dim=1).mean()
 
 
-MC_VARIANTS = ("joint", "old", "new", "separate")
+MC_DENOMINATORS = ("joint", "old", "new", "separate")
 
 
 class MetricCompatibleLoss(nn.Module):
@@ -138,10 +138,10 @@ class MetricCompatibleLoss(nn.Module):
     a positive in either space must outscore every negative in either space, which is what a merged
     ranking of old-space and new-space scores needs. With the class-balanced batches used for training every
     anchor has the same number of positives, so the pair mean equals the mean over anchors of the per-anchor
-    mean. Anchors without any positive (possible only for ``variant="new"``) contribute nothing; a batch with
+    mean. Anchors without any positive (possible only for ``denominator="new"``) contribute nothing; a batch with
     no pair at all returns 0 (connected to the graph).
 
-    Variants (ablations of method.md):
+    Denominators (the ablations of the paper):
 
     - ``"joint"``: the loss above.
     - ``"old"``: old space only: positives ``(O, j)``, negatives ``s^O_ik``.
@@ -154,15 +154,15 @@ class MetricCompatibleLoss(nn.Module):
     ----------
     temperature : float > 0
         ``tau`` (no default here: the measured training default is
-        ``backfill.compatibility.DEFAULT_TEMPERATURE``).
+        ``backfill.transform_training.DEFAULT_TEMPERATURE``).
     hard_negatives : int > 0 or None
         Keep only the ``k`` largest negative logits per anchor (per space for ``"separate"``, pooled over
         both spaces for ``"joint"``); ``None`` keeps all.
-    variant : one of ``"joint"``, ``"old"``, ``"new"``, ``"separate"``.
+    denominator : one of ``"joint"``, ``"old"``, ``"new"``, ``"separate"``.
     """
 
     def __init__(self, temperature: float, hard_negatives: int | None = None,
-                 variant: str = "joint") -> None:
+                 denominator: str = "joint") -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
@@ -170,15 +170,15 @@ class MetricCompatibleLoss(nn.Module):
             isinstance(hard_negatives, bool) or not isinstance(hard_negatives, int) or hard_negatives <= 0
         ):
             raise ValueError(f"hard_negatives must be a positive integer or None, got {hard_negatives!r}")
-        if variant not in MC_VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}; expected one of {MC_VARIANTS}")
+        if denominator not in MC_DENOMINATORS:
+            raise ValueError(f"unknown denominator {denominator!r}; expected one of {MC_DENOMINATORS}")
         self.temperature = float(temperature)
         self.hard_negatives = hard_negatives
-        self.variant = variant
+        self.denominator = denominator
 
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, hard_negatives={self.hard_negatives}, "
-                f"variant={self.variant!r}")
+                f"denominator={self.denominator!r}")
 
     def _negative_lse(self, *logits: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
         """Per-anchor logsumexp over the negatives of the given spaces (pooled), ``(m,)``."""
@@ -213,16 +213,16 @@ class MetricCompatibleLoss(nn.Module):
         pos_old = same
         pos_new = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
         terms = []  # (logits, positive mask, per-anchor negative logsumexp)
-        if self.variant in ("joint", "separate", "new"):
+        if self.denominator in ("joint", "separate", "new"):
             s_new = F.normalize(a, dim=1) @ F.normalize(n, dim=1).T / tau
-        if self.variant in ("joint", "separate", "old"):
+        if self.denominator in ("joint", "separate", "old"):
             s_old = F.normalize(b, dim=1) @ F.normalize(o.detach(), dim=1).T / tau
-        if self.variant == "joint":
+        if self.denominator == "joint":
             lse = self._negative_lse(s_new, s_old, negative=negative)
             terms = [(s_new, pos_new, lse), (s_old, pos_old, lse)]
-        if self.variant in ("separate", "new"):
+        if self.denominator in ("separate", "new"):
             terms.append((s_new, pos_new, self._negative_lse(s_new, negative=negative)))
-        if self.variant in ("separate", "old"):
+        if self.denominator in ("separate", "old"):
             terms.append((s_old, pos_old, self._negative_lse(s_old, negative=negative)))
         total = sum((F.softplus(lse[:, None] - s)[pos].sum() for s, pos, lse in terms), a.new_zeros(()))
         count = sum(int(pos.sum()) for _, pos, _ in terms)

@@ -33,23 +33,21 @@ import torch
 from tqdm import tqdm
 
 from .checkpoints import load_checkpoint
-from .compatibility import default_rho_path
 from .data import load_dataset, per_class_indices, preprocess
 from .embeddings import Embeddings
-from .evaluation import Curve, curve_points, evaluate_curve, summarize_curve
+from .evaluation import Curve, curve_points, evaluate_curve
+from .methods import METHODS, ORDERS, Method, make_order
 from .ordering import (
     class_centroids,
-    nearest_centroid_priority,
-    oracle_priority,
-    order_by_score,
-    random_order,
 )
+from .report import summarize_curve
 from .strategies import get_strategy
-from .suite import METHODS, Method, ModelSuite
+from .suite import ModelSuite
 from .training import embed_dataset, embed_images
+from .transform_training import default_rho_path
 
-__all__ = ["SETTINGS", "ABLATION_VARIANTS", "evaluate_setting", "measure_query_cost", "reproduce",
-           "write_markdown", "write_model_cards"]
+__all__ = ["SETTINGS", "ABLATION_VARIANTS", "evaluate_setting", "measure_query_cost", "old_class_centroids",
+           "reproduce", "write_markdown", "write_model_cards"]
 
 SETTINGS = ("homogeneous", "heterogeneous")
 #: Ablation checkpoints: ``<setting dir>/ablation/psi_mc_<variant>.pt``; ``joint`` is the suite's psi_mc.
@@ -90,23 +88,14 @@ def measure_query_cost(suite: ModelSuite, image: np.ndarray, repeats: int = 30) 
             inp = x if name == "bct" else new_emb
             seconds[name] = _forward_seconds(lambda m=model, i=inp: m.embed(i) if hasattr(m, "embed") else m(i),
                                              repeats)
-    needs = {
-        "old": ["old"], "offline": ["old"], "new_partial": ["new"], "new": ["new"], "bct": ["bct"],
-        "rank_merge": ["old", "new"], "rt_merge": ["new", "psi_regression"], "full": ["new", "psi_mc"],
-        "full_rho": ["new", "rho_mc", "psi_mc_rho"],
-    }
-    return {name: sum(seconds[m] for m in models) / seconds["new"]
-            for name, models in needs.items() if all(m in seconds for m in models)}
+    costs = {m.name: sum(seconds[name] for name in m.query_models) / seconds["new"]
+             for m in METHODS if all(name in seconds for name in m.query_models)}
+    return {"new": 1.0, **costs}
 
 
-def deployable_orders(suite: ModelSuite, gallery_old: np.ndarray, data: str | None,
-                      seed: int = 0) -> dict[str, np.ndarray]:
-    """Backfill orders computed from stored old embeddings (and the old model) only.
-
-    ``old_centroid``: :func:`nearest_centroid_priority` with old-space class centroids of
-    ``CENTROID_IMAGES_PER_CLASS`` training images of each old class. ``old_entropy``:
-    :meth:`ModelSuite.old_entropy_priority` (the old model's classifier).
-    """
+def old_class_centroids(suite: ModelSuite, data: str | None, seed: int = 0) -> np.ndarray:
+    """Old-space centroids ``(C_old, d_old)`` of the old model's classes, from ``CENTROID_IMAGES_PER_CLASS``
+    training images of each (the ``old_centroid`` order's input)."""
     train = load_dataset(suite.dataset, "train", root=data)
     old_class_rows = np.flatnonzero(np.isin(train.labels, suite.old_classes))
     rows = old_class_rows[per_class_indices(train.labels[old_class_rows], CENTROID_IMAGES_PER_CLASS, seed)]
@@ -114,15 +103,11 @@ def deployable_orders(suite: ModelSuite, gallery_old: np.ndarray, data: str | No
         train_old = embed_dataset(suite.old, train.images, suite.dataset)[torch.from_numpy(rows)]
     else:
         train_old = embed_images(suite.old, train.images[rows], suite.dataset)
-    _, centroids = class_centroids(train_old, train.labels[rows])
-    return {
-        "old_centroid": order_by_score(nearest_centroid_priority(gallery_old, centroids)),
-        "old_entropy": order_by_score(suite.old_entropy_priority(gallery_old)),
-    }
+    return class_centroids(train_old, train.labels[rows])[1]
 
 
 def _row(curve: Curve, old: Curve, new_map: float, cost: float | None) -> dict[str, Any]:
-    row = summarize_curve(curve, old, new_map)
+    row = summarize_curve(curve, old=old, new_map=new_map)
     row["map_at_100"] = row["map"][-1]
     row["query_cost"] = cost
     return row
@@ -152,7 +137,7 @@ def _ablation(suite: ModelSuite, base: Embeddings, order: np.ndarray, points: np
             if rho is not None:
                 new = rho.eval()(new)
             emb = Embeddings(base.labels, base.old, new.numpy(), transformed=psi.eval()(new).numpy())
-        curve = evaluate_curve("rt_merge", emb, emb, order, points, leave_one_out=True)
+        curve = evaluate_curve("rt_merge", emb, emb, order, points=points, leave_one_out=True)
         label = f"L_MC {variant}" + (" (+ rho)" if rho is not None else "")
         rows[f"mc_{variant}"] = {**_row(curve, old, new_map, None), "label": label}
     return rows
@@ -171,13 +156,13 @@ def evaluate_setting(suite: ModelSuite, images: np.ndarray, labels: np.ndarray, 
     variants = suite.embed(images, labels=labels, progress=progress)
     base = variants["base"]
     n = base.n
-    orders = {"random": random_order(n, seed)}
-    orders.update(deployable_orders(suite, base.old, data, seed))
-    orders["oracle"] = order_by_score(oracle_priority(base.old, base.new, base.labels))
+    centroids = old_class_centroids(suite, data, seed)
+    orders = {order.name: make_order(order.name, base, suite=suite, seed=seed, old_centroids=centroids)
+              for order in ORDERS}
     costs = measure_query_cost(suite, images[0])
 
     def run(strategy: str, emb: Embeddings, order: str, at: np.ndarray = pts) -> Curve:
-        return evaluate_curve(strategy, emb, emb, orders[order], at, leave_one_out=True)
+        return evaluate_curve(strategy, emb, emb, orders[order], points=at, leave_one_out=True)
 
     old = run("old", base, "random", np.zeros(pts.size))  # ratio-independent: same ranking everywhere
     new = run("new", base, "random", np.ones(1))
@@ -194,7 +179,7 @@ def evaluate_setting(suite: ModelSuite, images: np.ndarray, labels: np.ndarray, 
     full_names = [m for m in ("full", "full_rho") if m in rows]
     if full_names:
         best = max(full_names, key=lambda m: rows[m]["auc_map"])
-        for order in ("old_centroid", "old_entropy", "oracle"):
+        for order in (o.name for o in ORDERS if o.name != "random"):
             curve = run("rt_merge", variants["full" if best == "full" else "full_rho"], order)
             rows[f"{best}@{order}"] = {**_row(curve, old, new_map, costs.get(best)),
                                        "label": f"{rows[best]['label']}, {order} order", "order": order}
@@ -343,12 +328,13 @@ def write_model_cards(pretrained: str | Path = "pretrained") -> Path:
         for path in sorted(setting_dir.glob("*.json")) + sorted(setting_dir.glob("ablation/*.json")):
             card = json.loads(path.read_text())
             training = card.get("training", {})
+            denominator = training.get("denominator", training.get("variant"))  # "variant" in older cards
             classes = card.get("classes")
             n_classes = f"0-{max(classes)}" if classes else "-"
             images = training.get("train_images") or training.get("train_features") or "-"
             acc = card.get("metrics", {}).get("test_acc")
             out.append(f"| `{path.relative_to(setting_dir).with_suffix('.pt')}` | {card.get('kind')}"
-                       f"{' (' + training['variant'] + ')' if training.get('variant') else ''} | "
+                       f"{' (' + denominator + ')' if denominator else ''} | "
                        f"{_architecture(card)} | {n_classes} | {card.get('epochs')} | {images} | "
                        f"{'-' if acc is None else f'{100 * acc:.1f}%'} | `{card.get('command', '-')}`"
                        f"{' (made elsewhere, copied here)' if _made_elsewhere(card, path) else ''} |")

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,38 +30,13 @@ from tqdm.auto import tqdm
 from backfill.checkpoints import CheckpointError, load_checkpoint
 from backfill.data import preprocess
 from backfill.embeddings import Embeddings
+from backfill.methods import METHODS, VARIANTS, Method  # re-exported: the suite's methods
 from backfill.ordering import classifier_entropy_priority
 
 __all__ = ["Method", "METHODS", "VARIANTS", "ModelSuite", "SUITE_FILES", "trained_against", "embed_split",
            "inputs_path"]
 
 
-@dataclass(frozen=True)
-class Method:
-    """One compared method: which engine strategy it runs and on which embedding variant of the suite.
-
-    ``variant`` is a key of :meth:`ModelSuite.embed`'s result (``"base"``, ``"full"``, ``"full_rho"``).
-    """
-
-    name: str
-    label: str
-    strategy: str
-    variant: str
-
-
-#: The methods of the comparison (method.md), in display order.
-METHODS: list[Method] = [
-    Method("old", "old/old", "old", "base"),
-    Method("offline", "offline (switch at 100%)", "offline", "base"),
-    Method("new_partial", "new-partial", "new_partial", "base"),
-    Method("bct", "BCT", "bct", "base"),
-    Method("rank_merge", "rank merge", "rank_merge", "base"),
-    Method("rt_merge", "RT merge (regression psi)", "rt_merge", "base"),
-    Method("full", "full (metric-compatible psi)", "rt_merge", "full"),
-    Method("full_rho", "full + rho", "rt_merge", "full_rho"),
-]
-
-VARIANTS = ("base", "full", "full_rho")
 
 #: attribute -> (file name, card kind, required)
 SUITE_FILES: dict[str, tuple[str, str, bool]] = {

@@ -1,6 +1,7 @@
-"""Sweep of the metric-compatible loss options (temperature, hard negatives, regression term, variant).
+"""Sweep of the metric-compatible loss options (temperature, hard negatives, regression term, denominator).
 
-How the defaults of ``backfill.compatibility`` were chosen. The old and new models embed the **train**
+How the defaults of ``backfill.transform_training.TransformConfig`` were chosen (table in
+benchmarks/README.md). The old and new models embed the **train**
 split once; a seeded 10% of every class is held out as a query set = gallery; psi (and rho) are trained on
 the other 90% and scored on the held-out part by the engine's exact ``rt_merge`` curve (random backfill
 order, leave-one-out): AUC-mAP over 21 ratios, mAP at 0% (transformed queries against the old gallery) and
@@ -21,12 +22,12 @@ import numpy as np
 import torch
 
 from backfill.checkpoints import load_checkpoint
-from backfill.compatibility import cached_features, fit_transform
 from backfill.data import load_dataset
 from backfill.embeddings import Embeddings
 from backfill.evaluation import evaluate_curve
 from backfill.metrics import area_under_curve, relative_gain
 from backfill.ordering import random_order
+from backfill.transform_training import TransformConfig, cached_features, fit_transform
 
 
 def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,9 +51,9 @@ def score(psi, rho, old: np.ndarray, new: np.ndarray, labels: np.ndarray, order:
         transformed = psi(q_new).numpy()
     emb = Embeddings(labels, old, q_new.numpy(), transformed=transformed)
     curve = evaluate_curve("rt_merge", emb, emb, order, leave_one_out=True)
-    old_map = float(evaluate_curve("old", emb, emb, order, [0.0], leave_one_out=True).map[0])
+    old_map = float(evaluate_curve("old", emb, emb, order, points=[0.0], leave_one_out=True).map[0])
     plain = Embeddings(labels, old, new)
-    new_map = float(evaluate_curve("new", plain, plain, order, [1.0], leave_one_out=True).map[0])
+    new_map = float(evaluate_curve("new", plain, plain, order, points=[1.0], leave_one_out=True).map[0])
     auc = area_under_curve(curve.map)
     return {"auc_map": auc, "map_at_0": float(curve.map[0]), "map_at_100": float(curve.map[-1]),
             "old_map": old_map, "new_map": new_map, "relative_gain": relative_gain(auc, old_map, new_map)}
@@ -100,9 +101,9 @@ def main() -> None:
     rows = []
     for config in configs:
         t0 = time.perf_counter()
-        opts = {k: v for k, v in config.items() if k != "epochs"}
-        psi, rho, history = fit_transform(old[fit_idx], new[fit_idx], labels[fit_idx], epochs=config.get(
-            "epochs", args.epochs), seed=args.seed, progress=False, **opts)
+        options = {"epochs": args.epochs, **config, "seed": args.seed}
+        psi, rho, history = fit_transform(old[fit_idx], new[fit_idx], labels[fit_idx], TransformConfig(**options),
+                                          progress=False)
         result = score(psi, rho, old[val_idx], new[val_idx], labels[val_idx], order)
         row = {**config, **result, "final_loss": history[-1]["loss"], "seconds": time.perf_counter() - t0}
         rows.append(row)

@@ -20,11 +20,11 @@ transforms() {  # transforms DIR [ablation]: psi (regression), psi (metric-compa
   [ -f "$dir/psi_mc.pt" ] || backfill train transform "${common[@]}" --loss mc --out "$dir/psi_mc.pt"
   [ -f "$dir/psi_mc_rho.pt" ] || backfill train transform "${common[@]}" --loss mc --rho --out "$dir/psi_mc_rho.pt"
   if [ "${2:-}" = ablation ]; then  # the L_MC ablation: old-space only, new-space only, separate denominators
-    # The new-space-only loss gives psi no gradient, so that variant trains rho too (psi gets the regression term).
+    # The new-space-only loss gives psi no gradient, so that denominator trains rho too (psi gets the regression term).
     for v in old new separate; do
       local extra=(); [ "$v" = new ] && extra=(--rho)
       [ -f "$dir/ablation/psi_mc_$v.pt" ] || { mkdir -p "$dir/ablation"; backfill train transform "${common[@]}" \
-        --loss mc --variant "$v" "${extra[@]}" --out "$dir/ablation/psi_mc_$v.pt"; }
+        --loss mc --denominator "$v" "${extra[@]}" --out "$dir/ablation/psi_mc_$v.pt"; }
     done
   fi
 }

@@ -114,7 +114,7 @@ def test_pretrained_net_saves_only_its_head(tmp_path):
 
 
 def test_heads_train_on_cached_features_and_form_a_suite(tiny_cifar, feature_cache, tmp_path):
-    from backfill.compatibility import train_transform
+    from backfill.transform_training import TransformConfig, train_transform
 
     suite = tmp_path / "suite"
     common = {"backbone": "efficientnet_lite0", "dataset": "cifar100", "data": str(tiny_cifar), "resolution": 32,
@@ -129,8 +129,8 @@ def test_heads_train_on_cached_features_and_form_a_suite(tiny_cifar, feature_cac
     # One cache per split and view, shared by the three heads: train clean, train flip, test clean.
     assert sorted(p.name.split("_w")[0] for p in feature_cache.glob("*.npy")) == [
         "efficientnet_lite0_32px_clean", "efficientnet_lite0_32px_clean", "efficientnet_lite0_32px_flip"]
-    cards = train_transform(suite / "old.pt", suite / "new.pt", suite / "psi_mc.pt", data=str(tiny_cifar),
-                            loss="mc", epochs=1, progress=False)
+    cards = train_transform(suite / "old.pt", suite / "new.pt", suite / "psi_mc.pt",
+                            TransformConfig(loss="mc", epochs=1), data=str(tiny_cifar), progress=False)
     assert cards["psi"]["training"]["train_features"] == 400
     loaded = ModelSuite.load(suite)
     test = np.load(tiny_cifar / "test.npz")

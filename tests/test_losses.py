@@ -98,13 +98,13 @@ def batch():
 @pytest.mark.parametrize("k", [None, 2])
 def test_mc_loss_matches_hand_computation(batch, variant, k):
     a, b, n, o, labels = batch
-    loss = MetricCompatibleLoss(temperature=0.5, hard_negatives=k, variant=variant)(a, b, n, o, labels)
+    loss = MetricCompatibleLoss(temperature=0.5, hard_negatives=k, denominator=variant)(a, b, n, o, labels)
     assert loss.item() == pytest.approx(_hand_mc(a, b, n, o, labels, 0.5, variant, k), rel=1e-5)
 
 
 def test_mc_variants_differ_and_hard_negatives_matter(batch):
     variants = ["joint", "old", "new", "separate"]
-    values = {v: MetricCompatibleLoss(0.5, variant=v)(*batch).item() for v in variants}
+    values = {v: MetricCompatibleLoss(0.5, denominator=v)(*batch).item() for v in variants}
     assert len({round(v, 6) for v in values.values()}) == 4
     # The pooled denominator holds more negatives than each space's own: joint > separate.
     assert values["joint"] > values["separate"]
@@ -142,7 +142,7 @@ def test_mc_new_variant_gives_psi_no_gradient(batch):
     a, _, _, o, labels = batch
     a = a.clone().requires_grad_(True)
     psi = nn.Linear(5, 4)
-    MetricCompatibleLoss(0.5, variant="new")(a, psi(a), a, o, labels).backward()
+    MetricCompatibleLoss(0.5, denominator="new")(a, psi(a), a, o, labels).backward()
     assert a.grad is not None
     assert psi.weight.grad is None
 
@@ -164,8 +164,8 @@ def test_mc_loss_validates_inputs(batch):
         MetricCompatibleLoss(0.0)
     with pytest.raises(ValueError, match="hard_negatives"):
         MetricCompatibleLoss(0.1, hard_negatives=0)
-    with pytest.raises(ValueError, match="variant"):
-        MetricCompatibleLoss(0.1, variant="both")
+    with pytest.raises(ValueError, match="denominator"):
+        MetricCompatibleLoss(0.1, denominator="both")
     with pytest.raises(ValueError, match="same shape"):
         MetricCompatibleLoss(0.1)(a, b, n[:3], o, labels)
     with pytest.raises(ValueError, match="labels"):

@@ -1,4 +1,4 @@
-"""Tests for backfill.compatibility (psi / rho training on cached features)."""
+"""Tests for backfill.transform_training (psi / rho training on cached features)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from backfill.compatibility import (
+from backfill.data import ImageDataset
+from backfill.models import SmallCNN
+from backfill.training import embed_images
+from backfill.transform_training import (
+    TransformConfig,
     cache_features,
     cached_features,
     class_balanced_batches,
     default_rho_path,
     fit_transform,
 )
-from backfill.data import ImageDataset
-from backfill.models import SmallCNN
-from backfill.training import embed_images
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -42,10 +43,10 @@ def _mean_cos(psi, new, old):
 @pytest.mark.parametrize("loss", ["regression", "mc"])
 def test_fit_transform_lowers_loss_and_maps_new_onto_old(features, loss):
     old, new, labels = features
-    untrained = fit_transform(old, new, labels, loss=loss, epochs=1, lr=1e-12, batch_size=48,
-                              samples_per_class=8, progress=False)[0]
-    psi, rho, history = fit_transform(old, new, labels, loss=loss, epochs=15, batch_size=48,
-                                      samples_per_class=8, lr=1e-2, progress=False)
+    untrained = fit_transform(old, new, labels, TransformConfig(loss=loss, epochs=1, lr=1e-12, batch_size=48,
+                                                                samples_per_class=8), progress=False)[0]
+    config = TransformConfig(loss=loss, epochs=15, batch_size=48, samples_per_class=8, lr=1e-2)
+    psi, rho, history = fit_transform(old, new, labels, config, progress=False)
     assert rho is None
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
     assert _mean_cos(psi, new, old) > _mean_cos(untrained, new, old) + 0.3
@@ -61,8 +62,8 @@ def test_fit_transform_with_rho_and_callback(features):
         seen.append((epoch, psi.training, rho.training))
         return {"val": float(epoch)}
 
-    psi, rho, history = fit_transform(old, new, labels, loss="mc", variant="joint", rho=True, epochs=3,
-                                      batch_size=48, progress=False, callback=callback)
+    config = TransformConfig(loss="mc", denominator="joint", rho=True, epochs=3, batch_size=48)
+    psi, rho, history = fit_transform(old, new, labels, config, progress=False, callback=callback)
     assert rho is not None and rho.spec["d"] == 12
     assert seen == [(1, False, False), (2, False, False), (3, False, False)]
     assert [row["val"] for row in history] == [1.0, 2.0, 3.0]
@@ -73,7 +74,8 @@ def test_fit_transform_with_rho_and_callback(features):
 
 def test_fit_transform_is_deterministic(features):
     old, new, labels = features
-    runs = [fit_transform(old, new, labels, loss="mc", epochs=2, batch_size=48, seed=5, progress=False)[0]
+    config = TransformConfig(loss="mc", epochs=2, batch_size=48, seed=5)
+    runs = [fit_transform(old, new, labels, config, progress=False)[0]
             for _ in range(2)]
     for p, q in zip(runs[0].parameters(), runs[1].parameters(), strict=True):
         assert torch.equal(p, q)
@@ -84,13 +86,14 @@ def test_fit_transform_validates(features):
     with pytest.raises(ValueError, match="same length"):
         fit_transform(old[:10], new, labels, progress=False)
     with pytest.raises(ValueError, match="unknown loss"):
-        fit_transform(old, new, labels, loss="l1", progress=False)
+        fit_transform(old, new, labels, TransformConfig(loss="l1"), progress=False)
     with pytest.raises(ValueError, match="rho"):
-        fit_transform(old, new, labels, loss="regression", rho=True, progress=False)
+        fit_transform(old, new, labels, TransformConfig(loss="regression", rho=True), progress=False)
     with pytest.raises(ValueError, match="no gradient"):
-        fit_transform(old, new, labels, loss="mc", variant="new", regression_weight=0, progress=False)
-    with pytest.raises(ValueError, match="variant"):
-        fit_transform(old, new, labels, loss="mc", variant="both", progress=False)
+        fit_transform(old, new, labels, TransformConfig(loss="mc", denominator="new", regression_weight=0),
+                      progress=False)
+    with pytest.raises(ValueError, match="denominator"):
+        fit_transform(old, new, labels, TransformConfig(loss="mc", denominator="both"), progress=False)
 
 
 def test_class_balanced_batches_hold_p_classes_of_k():

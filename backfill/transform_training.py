@@ -1,56 +1,12 @@
 """Training the reverse transformation psi (and the new head rho) with both backbones frozen.
 
-The backbones never change here, so their embeddings of the training images are computed **once**
-(:func:`cache_features`) and psi / rho are trained on those cached vectors (:func:`fit_transform`): an
-epoch over 50,000 cached features takes seconds on a CPU instead of minutes of backbone passes.
-Only the new model's features are inputs; the old model's features are targets (regression) or the frozen
-old gallery (metric-compatible loss).
-
-Choices the paper leaves open (method.md), made here and how:
-
-- **Cached views.** ``views=1`` (default, measured below) caches the clean train images only; ``views > 1``
-  adds ``views - 1`` augmented copies (the same random crop/flip fed to both models, so pairs stay matched).
-- **Batches for L_MC** are class-balanced, P classes x K samples (:func:`class_balanced_batches`), so every
-  anchor has K - 1 new-space and K old-space positives; defaults P = 32, K = 8 (256 per batch).
-- **Regression term with L_MC**: ``regression_weight`` (default ``DEFAULT_REGRESSION_WEIGHT`` = 1) adds
-  ``weight * L_reg`` to L_MC; it anchors psi's output to where the old model puts the same image.
-- **Temperature and hard negatives**: ``DEFAULT_TEMPERATURE`` = 0.02, ``DEFAULT_HARD_NEGATIVES`` = None
-  (all negatives).
-
-How the defaults were measured (``benchmarks/sweep_mc.py``): Fashion-MNIST, SmallCNN width 16, old model
-on classes 0-4 and new on 0-9 (4 epochs on 1,500 images per class each; test accuracy 0.895 / 0.875);
-features of the 60,000 train images; a seeded 10% of every class held out as query set = gallery, psi
-trained 15 epochs on the rest; score = the engine's exact ``rt_merge`` AUC-mAP (21 ratios, random order,
-leave-one-out) on the held-out part. References there: old/old mAP 0.530, new/new 0.767.
-
-=================================  ========  =============  ============
-psi training                       AUC-mAP   mAP at p = 0   rel. gain
-=================================  ========  =============  ============
-regression                         0.575     0.539          0.19
-L_MC tau 0.01 (+ regression)       0.737     0.715          0.87
-L_MC tau 0.02 (+ regression)       0.740     0.712          0.89
-L_MC tau 0.05 (+ regression)       0.726     0.676          0.83
-L_MC tau 0.1  (+ regression)       0.713     0.647          0.77
-L_MC tau 0.2  (+ regression)       0.689     0.622          0.67
-L_MC tau 0.02, no regression       0.742     0.719          0.90
-L_MC tau 0.05, no regression       0.726     0.688          0.83
-L_MC tau 0.1,  no regression       0.708     0.665          0.75
-L_MC tau 0.02, 16 hardest negs     0.739     0.716          0.88
-L_MC tau 0.02, 64 hardest negs     0.740     0.713          0.89
-=================================  ========  =============  ============
-
-The L_MC ablation at tau 0.02 (same protocol): joint 0.740; old-space only 0.708 (best mAP at p = 0,
-0.734, but its scores are not calibrated against the new space, so the merge loses); separate
-denominators 0.738; joint + rho 0.766 with mAP 0.806 at p = 1 (above new/new 0.767: no regret);
-new-space only + rho 0.599 (psi then learns from the regression term alone). Cached views: 2 views (clean
-+ one augmented) gave 0.741 (L_MC) and 0.574 (regression) against 0.740 and 0.575 with the clean view
-only, for twice the cost, so ``views=1`` is the default.
-
-So: tau 0.02 (best of 0.01-0.2); hard-negative mining brings nothing at that temperature (the softmax
-already concentrates on the hardest negatives), so all negatives are kept; the regression term is neutral
-on AUC-mAP (0.740 vs 0.742, one seed) and is kept because it defines psi in the ``"new"`` ablation (where
-L_MC gives psi no gradient) and anchors psi to the old model's placement. One seed, one dataset: CIFAR-100
-may prefer other values; rerun the sweep on its backbones to check.
+The backbones never change here, so their embeddings of the train split are computed once
+(:func:`cache_features`) and psi / rho train on those vectors (:func:`fit_transform`): an epoch over 50,000
+cached features takes seconds on a CPU. The new model's embeddings are the inputs; the old model's are the
+targets (regression) or the frozen old gallery (metric-compatible loss). Every option is a field of
+:class:`TransformConfig`; its defaults (temperature 0.02, all negatives, regression term weight 1, one clean
+view, class-balanced batches of 32 classes x 8 images) were chosen by the held-out sweep of
+``benchmarks/sweep_mc.py``, whose table is in ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -59,6 +15,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +24,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from backfill.data import ImageDataset, augment_batch, to_tensor_uint8
-from backfill.losses import MC_VARIANTS, MetricCompatibleLoss, TransformRegressionLoss
+from backfill.checkpoints import load_checkpoint, save_checkpoint
+from backfill.data import ImageDataset, augment_batch, load_dataset, to_tensor_uint8
+from backfill.losses import MC_DENOMINATORS, MetricCompatibleLoss, TransformRegressionLoss
 from backfill.models import EmbeddingHead, ReverseTransform
 from backfill.training import configure_threads, embed_dataset, embed_images, resolve_device
 
@@ -78,6 +36,7 @@ __all__ = [
     "DEFAULT_REGRESSION_WEIGHT",
     "cache_features",
     "class_balanced_batches",
+    "TransformConfig",
     "fit_transform",
     "train_transform",
     "default_rho_path",
@@ -174,14 +133,74 @@ def _as_tensor(name: str, array: np.ndarray, ndim: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
+@dataclass(frozen=True)
+class TransformConfig:
+    """How psi (and rho) are trained.
+
+    Attributes
+    ----------
+    loss : ``"regression"`` (:class:`~backfill.losses.TransformRegressionLoss`, shuffled batches) or ``"mc"``
+        (:class:`~backfill.losses.MetricCompatibleLoss` + ``regression_weight`` x regression, class-balanced
+        batches of ``batch_size // samples_per_class`` classes x ``samples_per_class``).
+    denominator : L_MC's negatives, ``"joint"`` | ``"old"`` | ``"new"`` | ``"separate"`` (the ablation).
+    rho : also train the head rho (``loss="mc"`` only); psi then reads ``rho(phi_n(x))``.
+    temperature, hard_negatives : of L_MC (``hard_negatives=None``: all negatives).
+    regression_weight : weight of the regression term added to L_MC (0 = pure L_MC).
+    epochs, batch_size, samples_per_class, lr, weight_decay : AdamW with a cosine learning-rate schedule.
+    hidden : psi's hidden width (``None``: ReverseTransform's default).
+    views : cached views per train image, 1 clean + ``views - 1`` augmented (end-to-end backbones only).
+    seed : seeds the initialisation and the batch order (runs are deterministic on CPU).
+    device : ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    """
+
+    loss: str = "regression"
+    denominator: str = "joint"
+    rho: bool = False
+    temperature: float = DEFAULT_TEMPERATURE
+    hard_negatives: int | None = DEFAULT_HARD_NEGATIVES
+    regression_weight: float = DEFAULT_REGRESSION_WEIGHT
+    epochs: int = 15
+    batch_size: int = 256
+    samples_per_class: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    hidden: int | None = None
+    views: int = 1
+    seed: int = 0
+    device: str = "auto"
+
+    def validated(self) -> TransformConfig:
+        """``self``, or a ``ValueError`` naming the first inconsistent option."""
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; expected one of {LOSSES}")
+        if self.loss == "regression" and self.rho:
+            raise ValueError("rho is trained by the metric-compatible loss only (loss='mc')")
+        if self.denominator not in MC_DENOMINATORS:
+            raise ValueError(f"unknown denominator {self.denominator!r}; expected one of {MC_DENOMINATORS}")
+        if self.loss == "mc" and self.denominator == "new" and not self.rho and self.regression_weight == 0:
+            raise ValueError("denominator 'new' gives psi no gradient: train rho too or keep a regression term")
+        if self.regression_weight < 0:
+            raise ValueError(f"regression_weight must be >= 0, got {self.regression_weight}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
+        if self.loss == "mc" and not 1 < self.samples_per_class <= self.batch_size:
+            raise ValueError(f"samples_per_class must be in [2, batch_size], got {self.samples_per_class}")
+        if self.views < 1:
+            raise ValueError(f"views must be >= 1, got {self.views}")
+        return self
+
+    def card(self) -> dict[str, Any]:
+        """What a psi/rho card records of the training (L_MC options only for ``loss="mc"``)."""
+        options = asdict(self)
+        if self.loss != "mc":
+            for key in ("denominator", "temperature", "hard_negatives", "regression_weight", "samples_per_class"):
+                options.pop(key)
+        return options
+
+
 def fit_transform(
-    old_feats: np.ndarray, new_feats: np.ndarray, labels: np.ndarray, loss: str = "regression",
-    variant: str = "joint", rho: bool = False, temperature: float = DEFAULT_TEMPERATURE,
-    hard_negatives: int | None = DEFAULT_HARD_NEGATIVES, regression_weight: float = DEFAULT_REGRESSION_WEIGHT,
-    epochs: int = 15, batch_size: int = 256, samples_per_class: int = 8, lr: float = 1e-3,
-    weight_decay: float = 1e-4, hidden: int | None = None, seed: int = 0,
-    device: str | torch.device = "cpu", progress: bool = True,
-    callback: Callable[[int, nn.Module, nn.Module | None], dict[str, float]] | None = None,
+    old_feats: np.ndarray, new_feats: np.ndarray, labels: np.ndarray, config: TransformConfig | None = None, *,
+    progress: bool = True, callback: Callable[[int, nn.Module, nn.Module | None], dict[str, float]] | None = None,
 ) -> tuple[ReverseTransform, EmbeddingHead | None, list[dict[str, float]]]:
     """Train psi (new -> old space) and optionally rho on cached features of frozen backbones.
 
@@ -190,17 +209,7 @@ def fit_transform(
     old_feats : float32 ``(n, d_old)``, ``phi_o(x)`` of the training images (targets / frozen old gallery).
     new_feats : float32 ``(n, d_new)``, ``phi_n(x)`` of the same images, same order (the inputs).
     labels : int ``(n,)``, class ids.
-    loss : ``"regression"`` (:class:`~backfill.losses.TransformRegressionLoss`, shuffled batches) or
-        ``"mc"`` (:class:`~backfill.losses.MetricCompatibleLoss` + ``regression_weight`` x regression,
-        class-balanced batches of ``batch_size // samples_per_class`` classes x ``samples_per_class``).
-    variant : L_MC variant, ``"joint"`` | ``"old"`` | ``"new"`` | ``"separate"`` (``loss="mc"`` only).
-    rho : also train the head rho (``loss="mc"`` only); psi then reads ``rho(phi_n(x))``.
-    temperature, hard_negatives : of L_MC.
-    regression_weight : weight of the regression term added to L_MC (0 = pure L_MC).
-    epochs, batch_size, lr, weight_decay : AdamW with a cosine learning-rate schedule.
-    hidden : psi's hidden width (``None``: ReverseTransform's default).
-    seed : seeds the initialisation and the batch order (runs are deterministic on CPU).
-    device : ``"cpu"``, ``"cuda"`` or ``"auto"`` (:func:`backfill.training.resolve_device`).
+    config : :class:`TransformConfig` (default: regression).
     callback : called after each epoch as ``callback(epoch, psi, rho)`` with the modules in eval mode;
         the dict it returns is merged into that epoch's history row (e.g. a validation metric).
 
@@ -211,6 +220,7 @@ def fit_transform(
     history : one dict per epoch: ``epoch``, ``loss`` (mean training loss), ``mc`` and ``regression``
         (their means; ``mc`` only for ``loss="mc"``), ``lr``, plus the callback's entries.
     """
+    cfg = (config or TransformConfig()).validated()
     old = _as_tensor("old_feats", old_feats, 2).float()
     new = _as_tensor("new_feats", new_feats, 2).float()
     y = _as_tensor("labels", labels, 1).long()
@@ -220,32 +230,19 @@ def fit_transform(
         )
     if len(y) < 2:
         raise ValueError("need at least 2 training items")
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
-    if loss == "regression" and rho:
-        raise ValueError("rho is trained by the metric-compatible loss only (loss='mc')")
-    if variant not in MC_VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {MC_VARIANTS}")
-    if loss == "mc" and variant == "new" and not rho and regression_weight == 0:
-        raise ValueError("variant 'new' gives psi no gradient: train rho too or keep a regression term")
-    if regression_weight < 0:
-        raise ValueError(f"regression_weight must be >= 0, got {regression_weight}")
-    if epochs < 1 or batch_size < 2:
-        raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
-    if loss == "mc" and not 1 < samples_per_class <= batch_size:
-        raise ValueError(f"samples_per_class must be in [2, batch_size], got {samples_per_class}")
 
-    dev = resolve_device(str(device))
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    psi = ReverseTransform(new.shape[1], old.shape[1], hidden).to(dev)
-    head = EmbeddingHead(new.shape[1]).to(dev) if rho else None
+    dev = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    psi = ReverseTransform(new.shape[1], old.shape[1], cfg.hidden).to(dev)
+    head = EmbeddingHead(new.shape[1]).to(dev) if cfg.rho else None
     params = list(psi.parameters()) + (list(head.parameters()) if head is not None else [])
-    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     regression = TransformRegressionLoss()
-    mc = MetricCompatibleLoss(temperature, hard_negatives, variant) if loss == "mc" else None
+    mc = MetricCompatibleLoss(cfg.temperature, cfg.hard_negatives, cfg.denominator) if cfg.loss == "mc" else None
     old, new, y = old.to(dev), new.to(dev), y.to(dev)
     y_np = y.cpu().numpy()
+    batch_size, samples_per_class, epochs = cfg.batch_size, cfg.samples_per_class, cfg.epochs
 
     def batches() -> list[np.ndarray]:
         if mc is None:
@@ -258,7 +255,7 @@ def fit_transform(
     # Stepped once per epoch (class-balanced epochs vary slightly in their number of batches).
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs)
     history: list[dict[str, float]] = []
-    bar = tqdm(range(1, epochs + 1), desc=f"train psi ({loss})", disable=not progress)
+    bar = tqdm(range(1, epochs + 1), desc=f"train psi ({cfg.loss})", disable=not progress)
     for epoch in bar:
         psi.train()
         if head is not None:
@@ -271,7 +268,7 @@ def fit_transform(
             a = head(feats) if head is not None else feats
             b = psi(a)
             reg = regression(b, old[idx])
-            total = reg * (regression_weight if mc is not None else 1.0)
+            total = reg * (cfg.regression_weight if mc is not None else 1.0)
             if mc is not None:
                 mc_value = mc(a, b, a, old[idx], y[idx])
                 total = total + mc_value
@@ -336,27 +333,23 @@ def cached_features(
 
 
 def train_transform(
-    old: str | os.PathLike, new: str | os.PathLike, out: str | os.PathLike, dataset: str | None = None,
-    data: str | os.PathLike | None = None, download: bool = False, loss: str = "regression",
-    variant: str = "joint", rho: bool = False, rho_out: str | os.PathLike | None = None, views: int = 1,
-    feature_cache: str | os.PathLike | None = None, device: str = "auto", threads: int | None = None,
-    command: str | None = None, progress: bool = True, **fit_options: Any,
+    old: str | os.PathLike, new: str | os.PathLike, out: str | os.PathLike, config: TransformConfig | None = None,
+    *, dataset: str | None = None, data: str | os.PathLike | None = None, download: bool = False,
+    rho_out: str | os.PathLike | None = None, feature_cache: str | os.PathLike | None = None,
+    threads: int | None = None, command: str | None = None, progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Train psi (and rho) for the old/new checkpoints ``old``/``new`` and write them with their cards.
 
     The features are the old and new models' embeddings of every image of the dataset's **train** split
-    (all classes: the gallery holds every class). ``fit_options`` go to :func:`fit_transform` (temperature,
-    hard_negatives, regression_weight, epochs, batch_size, lr, seed, ...). ``threads``: torch CPU threads
-    (default one per core, :func:`backfill.training.configure_threads`; on a busy machine 1 is faster).
+    (all classes: the gallery holds every class), cached in ``feature_cache`` (an ``.npz``) when given.
+    ``threads``: torch CPU threads (default one per core; on a busy machine 1 is faster).
 
-    Writes ``out`` (kind ``psi``) and, with ``rho``, ``rho_out`` (default :func:`default_rho_path`, kind
-    ``rho``; written first, so psi's card can record rho's SHA-256). Each card records the old/new
-    checkpoints (name, path, SHA-256) it was trained against, the loss and its options, the views, the
-    history and the command. Returns ``{"psi": card, "rho": card}`` (``"rho"`` only with ``rho``).
+    Writes ``out`` (kind ``psi``) and, with ``config.rho``, ``rho_out`` (default :func:`default_rho_path`,
+    kind ``rho``; written first, so psi's card can record rho's SHA-256). Each card records the old/new
+    checkpoints (name, path, SHA-256) it was trained against, the training options, the history and the
+    command. Returns ``{"psi": card, "rho": card}`` (``"rho"`` only with rho).
     """
-    from backfill.checkpoints import load_checkpoint, save_checkpoint
-    from backfill.data import load_dataset
-
+    cfg = (config or TransformConfig()).validated()
     old_path, new_path, out = Path(old), Path(new), Path(out)
     old_model, old_card = load_checkpoint(old_path, expect={"kind": "old"})
     new_model, new_card = load_checkpoint(new_path, expect={"kind": ("new", "bct")})
@@ -364,26 +357,19 @@ def train_transform(
     for name, card in (("old", old_card), ("new", new_card)):
         if card.get("dataset") != dataset:
             raise ValueError(f"the {name} model was trained on {card.get('dataset')!r}, not {dataset!r}")
-    dev = resolve_device(device)
+    dev = resolve_device(cfg.device)
     if dev.type == "cpu":
         configure_threads(threads)
     train = load_dataset(dataset, "train", data, download)
     old_feats, new_feats, labels = cached_features(
-        old_model, old_card, new_model, new_card, train, views, fit_options.get("seed", 0), dev,
-        feature_cache, progress)
-    psi, head, history = fit_transform(old_feats, new_feats, labels, loss=loss, variant=variant, rho=rho,
-                                       device=dev, progress=progress, **fit_options)
-    options = dict(fit_options)
-    if loss == "mc":  # record the L_MC options actually used, defaults included
-        options = {"temperature": DEFAULT_TEMPERATURE, "hard_negatives": DEFAULT_HARD_NEGATIVES,
-                   "regression_weight": DEFAULT_REGRESSION_WEIGHT, **options}
+        old_model, old_card, new_model, new_card, train, cfg.views, cfg.seed, dev, feature_cache, progress)
+    psi, head, history = fit_transform(old_feats, new_feats, labels, replace(cfg, device=str(dev)),
+                                       progress=progress)
     common = {
         "dataset": dataset, "split": "train", "data_source": train.source,
         "old_model": _model_record(old_path, old_card), "new_model": _model_record(new_path, new_card),
-        "training": {"loss": loss, "variant": variant if loss == "mc" else None, "views": views,
-                     "train_features": int(len(labels)), "device": str(dev), **options},
-        "epochs": len(history), "seed": fit_options.get("seed", 0), "history": history,
-        "command": command,
+        "training": {**cfg.card(), "train_features": int(len(labels)), "device": str(dev)},
+        "epochs": len(history), "seed": cfg.seed, "history": history, "command": command,
     }
     cards: dict[str, dict[str, Any]] = {}
     if head is not None:
