@@ -106,9 +106,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         result["embed_variant"] = variant
     print(f"{emb.n} queries = gallery (leave-one-out), order: {order_desc}, {args.points} points;"
           f" {result['n_excluded_queries']} queries without relevant items excluded")
-    for name in result["strategies"]:
+    for name, res in result["strategies"].items():
         if name in ALIASES:
-            print(f"  {name}: {ALIASES[name].strategy} on this file's transformed array ({ALIASES[name].meaning})")
+            alias = ALIASES[name]
+            print(f"  {res['label']}: the {name} method when {alias.meaning}"
+                  f" (`backfill embed --variant {alias.embed_variant}`)")
     method = [a.name for a in ALIASES.values() if a.embed_variant == variant]
     if method and "rt_merge" in result["strategies"]:
         print(f"  note: {args.emb} was embedded with --variant {variant}, so rt_merge here is the {method[0]} method")

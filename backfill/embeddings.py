@@ -1,17 +1,21 @@
 """A validated bundle of the embedding arrays one set of images has under the compared models.
 
-Conventions (docs/design.md): every array is ``float32``, C-contiguous, shape ``(n, d)``, with L2-normalised
-rows; labels are ``int64`` ``(n,)``. A label ``< 0`` means "unknown" (e.g. an uploaded query image): such an
-item is never relevant to anything.
+Every array is float32, C-contiguous, ``(n, d)`` with L2-normalised rows; labels are int64 ``(n,)``, and a
+label ``< 0`` means "unknown" (e.g. an uploaded query image): such an item is never relevant to anything.
 """
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from backfill._validation import as_int64_vector, check_matrix
+
+__all__ = ["ARRAY_NAMES", "Embeddings", "l2_normalize"]
 
 #: Names of the embedding arrays a bundle may hold, in file order.
 ARRAY_NAMES: tuple[str, ...] = ("old", "new", "transformed", "bct")
@@ -20,24 +24,28 @@ ARRAY_NAMES: tuple[str, ...] = ("old", "new", "transformed", "bct")
 _OLD_SPACE = ("transformed", "bct")
 
 
-def l2_normalize(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
+def l2_normalize(x: np.ndarray, *, name: str = "embeddings") -> np.ndarray:
     """Return ``x`` as a float32 C-contiguous ``(n, d)`` array with unit-length rows.
 
     Rows whose norm is already within 1e-6 of 1 are left unchanged.
 
-    Raises ``ValueError`` naming ``name`` when ``x`` is not 2-D, is empty, holds NaN/inf, or has a zero row
-    (which has no direction to normalise to).
+    Parameters
+    ----------
+    x : array-like of shape (n, d)
+        Real, finite embeddings with no zero row (a zero row has no direction to normalise to).
+    name : str, default="embeddings"
+        What ``x`` is, for error messages.
+
+    Returns
+    -------
+    ndarray of shape (n, d), float32
+
+    Raises
+    ------
+    ValueError
+        Naming ``name`` when ``x`` is not 2-D, is empty, holds NaN/inf or has a zero row.
     """
-    arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array (n, d), got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name}: empty array of shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise ValueError(f"{name}: expected real numbers, got dtype {arr.dtype}")
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name}: contains NaN or infinite values")
+    arr = check_matrix(x, name)
     # Normalise in float64 so that large or tiny raw values do not overflow/underflow the norm.
     norms = np.linalg.norm(arr.astype(np.float64), axis=1, keepdims=True)
     if (norms == 0).any():
@@ -48,38 +56,36 @@ def l2_normalize(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
     return np.ascontiguousarray(arr / scale, dtype=np.float32)
 
 
-def as_int64_vector(x: np.ndarray, name: str, n: int | None = None) -> np.ndarray:
-    """``x`` as a C-contiguous int64 ``(n,)`` array; ``ValueError`` naming ``name`` for a wrong shape, an
-    empty array, or values that are not integers (integral floats are accepted)."""
-    arr = np.asarray(x)
-    if arr.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D array, got shape {arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"{name}: empty array")
-    if n is not None and arr.shape[0] != n:
-        raise ValueError(f"{name}: has {arr.shape[0]} entries, expected {n}")
-    if not np.issubdtype(arr.dtype, np.integer):
-        integral = np.issubdtype(arr.dtype, np.floating) and np.isfinite(arr).all()
-        if not integral or np.any(arr != np.round(arr)):
-            raise ValueError(f"{name}: expected integers, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
-
-
 @dataclass(eq=False)  # arrays have no single truth value: compare bundles field by field
 class Embeddings:
     """Embeddings of ``n`` images under the compared models.
 
-    Attributes:
-        labels: ``(n,)`` int64 class ids; ``-1`` (any negative value) = unknown. ``None`` on construction
-            means all unknown (a query-only bundle such as uploaded images) and is stored as all ``-1``.
-        old: ``(n, d_o)`` old-model embeddings phi_o.
-        new: ``(n, d_n)`` new-model embeddings phi_n.
-        transformed: ``(n, d_o)`` reverse-transformed new embeddings psi(phi_n), queries in the old space.
-        bct: ``(n, d_o)`` embeddings of a backward-compatible (BCT) model, comparable with ``old``.
+    Every array present is converted to float32 C-contiguous and L2-normalised on construction.
 
-    Every array present is converted to float32 C-contiguous and L2-normalised on construction; NaN/inf,
-    empty arrays, mismatched row counts and old-space arrays whose dimension differs from ``old`` raise
-    ``ValueError``. At least one array must be given.
+    Parameters
+    ----------
+    labels : array-like of shape (n,) or None
+        Integer class ids; a negative value means unknown. ``None`` means all unknown (a query-only bundle
+        such as uploaded images) and is stored as all ``-1``.
+    old : array-like of shape (n, d_o), optional
+        Old-model embeddings phi_o.
+    new : array-like of shape (n, d_n), optional
+        New-model embeddings phi_n.
+    transformed : array-like of shape (n, d_o), optional
+        Reverse-transformed new embeddings psi(phi_n): new queries mapped into the old space.
+    bct : array-like of shape (n, d_o), optional
+        Embeddings of a backward-compatible (BCT) model, comparable with ``old``.
+
+    Attributes
+    ----------
+    n : int
+        Number of images.
+
+    Raises
+    ------
+    ValueError
+        For no array at all, NaN/inf, empty arrays, mismatched row counts, or an old-space array
+        (``transformed``, ``bct``) whose dimension differs from ``old``'s.
     """
 
     labels: np.ndarray | None
@@ -95,7 +101,7 @@ class Embeddings:
             expected = ", ".join(ARRAY_NAMES)
             raise ValueError(f"Embeddings: no embedding array given (expected some of {expected})")
         for name in present:
-            setattr(self, name, l2_normalize(getattr(self, name), name))
+            setattr(self, name, l2_normalize(getattr(self, name), name=name))
         counts = {name: getattr(self, name).shape[0] for name in present}
         if len(set(counts.values())) > 1:
             detail = ", ".join(f"{k}={v}" for k, v in counts.items())
@@ -112,7 +118,7 @@ class Embeddings:
         if self.labels is None:
             self.labels = np.full(self.n, -1, dtype=np.int64)
         else:
-            self.labels = as_int64_vector(self.labels, "labels", self.n)
+            self.labels = as_int64_vector(self.labels, "labels", n=self.n)
 
     @property
     def available(self) -> tuple[str, ...]:
@@ -128,7 +134,7 @@ class Embeddings:
             raise ValueError(f"missing embedding array '{name}'")
         return arr
 
-    def require(self, names: Iterable[str], purpose: str = "this request") -> None:
+    def require(self, names: Iterable[str], *, purpose: str = "this request") -> None:
         """Raise ``ValueError`` naming every array of ``names`` the bundle lacks (``purpose`` says why)."""
         missing = [name for name in dict.fromkeys(names) if getattr(self, name, None) is None]
         if missing:
@@ -146,20 +152,37 @@ class Embeddings:
     def load(cls, path: str | Path) -> Embeddings:
         """Read an ``EMB.npz`` file: ``labels`` (n,) and any of ``old``, ``new``, ``transformed``, ``bct``.
 
-        Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file that is not a valid
-        bundle. Other keys in the file are ignored.
+        Other keys in the file are ignored.
+
+        Raises
+        ------
+        FileNotFoundError
+            When ``path`` does not exist.
+        ValueError
+            In one line, when the file is not a NumPy ``.npz`` archive (e.g. a text or ``.npy`` file) or
+            is not a valid bundle.
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no such embeddings file: {path}")
+        # Check the format first: numpy reads a non-zip file as a pickle and answers with advice about
+        # allow_pickle, which is not what a user who passed the wrong file needs to hear.
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"{path}: not a readable .npz file (no zip archive; `backfill embed` writes one)")
+        arrays, key = {}, "labels"
         try:
             with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
+                for key in ("labels", *ARRAY_NAMES):
+                    if key in data.files:
+                        arrays[key] = data[key]
+                found = data.files
+        except ValueError as exc:  # e.g. an object array: numpy would again advise allow_pickle
+            raise ValueError(f"{path}: array {key!r} is not a plain numeric array") from exc
+        except (OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: not a readable .npz file ({type(exc).__name__})") from exc
         if "labels" not in arrays:
-            raise ValueError(f"{path}: no 'labels' array (found {', '.join(sorted(arrays)) or 'nothing'})")
-        return cls(arrays["labels"], **{name: arrays[name] for name in ARRAY_NAMES if name in arrays})
+            raise ValueError(f"{path}: no 'labels' array (found {', '.join(sorted(found)) or 'nothing'})")
+        return cls(arrays.pop("labels"), **arrays)
 
     def save(self, path: str | Path) -> None:
         """Write the bundle as an ``EMB.npz`` file readable by :meth:`load` (compressed)."""

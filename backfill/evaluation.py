@@ -13,6 +13,8 @@ Tie rules are those of :mod:`backfill.metrics` (AP as scikit-learn; pessimistic 
 of a query (leave-one-out) is neither retrieved nor relevant. Items a strategy cannot reach
 (``new_partial``'s U) are never retrieved; a relevant one still counts in the AP denominator. Queries with no
 relevant item (unknown label, or a class with no other member) are left out of every mean and counted.
+Slow reference evaluators for checks live in :mod:`backfill.testing`, JSON summaries in
+:mod:`backfill.report`.
 """
 
 from __future__ import annotations
@@ -22,16 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backfill.embeddings import Embeddings, as_int64_vector
-from backfill.metrics import (
-    ap_from_counts,
-    area_under_curve,
-    hits_from_counts,
-    negative_flip_rate,
-    relative_gain,
-)
-from backfill.ordering import num_backfilled, validate_order
-from backfill.strategies import NEW_REFERENCE, STRATEGIES, Side, Strategy, get_strategy
+from backfill._validation import check_int
+from backfill.embeddings import Embeddings
+from backfill.metrics import ap_from_counts, hits_from_counts
+from backfill.ordering import num_backfilled, resolve_exclude, validate_order
+from backfill.strategies import Side, Strategy, get_strategy
+
+__all__ = ["Curve", "curve_points", "evaluate_curve"]
 
 #: Bytes of working memory one query block may use (similarity rows, sorted copies and counts).
 _BLOCK_BYTES = 192 * 2**20
@@ -39,21 +38,25 @@ _BLOCK_BYTES = 192 * 2**20
 
 def curve_points(n_points: int = 21) -> np.ndarray:
     """``n_points`` evenly spaced backfill ratios from 0 to 1 inclusive (21 -> 0, 0.05, ..., 1)."""
-    if int(n_points) != n_points or n_points < 2:
-        raise ValueError(f"number of curve points must be an integer >= 2, got {n_points!r}")
-    return np.linspace(0.0, 1.0, int(n_points))
+    return np.linspace(0.0, 1.0, check_int(n_points, "number of curve points", minimum=2))
 
 
 @dataclass
 class Curve:
     """Per-query results of one strategy along the backfill curve.
 
-    Attributes:
-        strategy: strategy name.
-        points: ``(T,)`` backfill ratios.
-        ap: ``(n_q, T)`` float64 AP per query and point (``nan`` for queries without relevant items).
-        hit1, hit5: ``(n_q, T)`` bool, top-1 / top-5 correct (False for queries without relevant items).
-        valid: ``(n_q,)`` bool, queries that have at least one relevant gallery item.
+    Parameters
+    ----------
+    strategy : str
+        Strategy name.
+    points : ndarray of shape (T,)
+        Backfill ratios.
+    ap : ndarray of shape (n_q, T), float64
+        AP per query and point (``nan`` for queries without relevant items).
+    hit1, hit5 : ndarray of shape (n_q, T), bool
+        Top-1 / top-5 correct (False for queries without relevant items).
+    valid : ndarray of shape (n_q,), bool
+        Queries that have at least one relevant gallery item.
     """
 
     strategy: str
@@ -149,8 +152,8 @@ def _tie_group_start(ordered: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _Problem:
-    """Everything a side-configuration evaluation needs, with the gallery in backfill (position) order."""
+class _Relevance:
+    """What finding each query's relevant items needs, with the gallery in backfill (position) order."""
 
     q_labels: np.ndarray  # (n_q,)
     g_labels: np.ndarray  # (N,) by position
@@ -159,7 +162,7 @@ class _Problem:
     by_label_keys: np.ndarray  # the labels in that order
 
 
-def _relevant_positions(prob: _Problem, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _relevant_positions(prob: _Relevance, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Padded relevant positions ``(nb, R)``, their mask, and the number relevant ``(nb,)``."""
     labels = prob.q_labels[rows]
     lo = np.searchsorted(prob.by_label_keys, labels, side="left")
@@ -175,11 +178,23 @@ def _relevant_positions(prob: _Problem, rows: np.ndarray) -> tuple[np.ndarray, n
     return np.where(mask, pos, 0), mask, mask.sum(axis=1)
 
 
+def _block_rows(prob: _Relevance, n_seg: int, n_points: int) -> int:
+    """Queries per block so that one block's working memory stays near ``_BLOCK_BYTES``.
+
+    Sized from the largest class; bytes per query: similarity rows and their sorted int64 keys, then per
+    relevant value the segment counts and the per-point arrays.
+    """
+    n = prob.g_labels.size
+    r_guess = max(int(np.bincount(np.maximum(prob.g_labels, 0)).max()), 1)
+    per_row = 24 * n + 2 * r_guess * (16 * (n_seg + 1) + 24 * n_points)
+    return int(np.clip(_BLOCK_BYTES // per_row, 1, 1024))
+
+
 def _evaluate_sides(
     u: tuple[np.ndarray, np.ndarray] | None,
     b: tuple[np.ndarray, np.ndarray] | None,
     ms: np.ndarray,
-    prob: _Problem,
+    prob: _Relevance,
     block_size: int | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """AP ``(n_q, T)``, hits ``(n_q, T, 2)`` and number relevant ``(n_q,)`` for fixed sides.
@@ -195,11 +210,7 @@ def _evaluate_sides(
     ap = np.empty((n_q, ms.size), dtype=np.float64)
     hits = np.empty((n_q, ms.size, 2), dtype=bool)
     n_rel_all = np.empty(n_q, dtype=np.int64)
-    # Size the blocks from the largest class (bytes per query: similarity rows and their sorted int64 keys,
-    # then per relevant value the segment counts and the per-point arrays).
-    r_guess = max(int(np.bincount(np.maximum(prob.g_labels, 0)).max()), 1)
-    per_row = 24 * n + 2 * r_guess * (16 * (n_seg + 1) + 24 * ms.size)
-    nb = block_size or int(np.clip(_BLOCK_BYTES // per_row, 1, 1024))
+    nb = block_size or _block_rows(prob, n_seg, ms.size)
     start = 0
     while start < n_q:
         rows = np.arange(start, min(start + nb, n_q))
@@ -251,40 +262,11 @@ def _evaluate_sides(
 
 
 def _side_arrays(side: Side | None, queries: Embeddings, gallery: Embeddings, order: np.ndarray):
+    """``side``'s query array and its gallery array in backfill (position) order; ``None`` if unreachable."""
     if side is None:
         return None
-    q, g = queries.array(side.query), gallery.array(side.gallery)
-    if q.shape[1] != g.shape[1]:
-        raise ValueError(
-            f"dimension mismatch: query array '{side.query}' has d={q.shape[1]} but gallery array"
-            f" '{side.gallery}' has d={g.shape[1]}"
-        )
+    q, g = side.arrays(queries, gallery)
     return q, np.ascontiguousarray(g[order])
-
-
-def resolve_exclude(
-    n_queries: int, gallery_n: int, exclude: np.ndarray | None, leave_one_out: bool
-) -> np.ndarray:
-    """The gallery id excluded from each query's ranking ``(n_q,)`` int64 (``-1`` = none).
-
-    ``leave_one_out`` means queries *are* the gallery (query i is gallery item i); otherwise ``exclude``
-    (``(n_q,)`` ids or -1) or nothing.
-    """
-    if leave_one_out:
-        if exclude is not None:
-            raise ValueError("give either leave_one_out or exclude, not both")
-        if n_queries != gallery_n:
-            raise ValueError(
-                f"leave-one-out needs the queries to be the gallery, but there are {n_queries} queries"
-                f" and {gallery_n} gallery items"
-            )
-        return np.arange(n_queries, dtype=np.int64)
-    if exclude is None:
-        return np.full(n_queries, -1, dtype=np.int64)
-    ex = as_int64_vector(exclude, "exclude", n_queries)
-    if (ex < -1).any() or (ex >= gallery_n).any():
-        raise ValueError(f"exclude: ids must be -1 (none) or in [0, {gallery_n - 1}]")
-    return ex
 
 
 def evaluate_curve(
@@ -292,6 +274,7 @@ def evaluate_curve(
     queries: Embeddings,
     gallery: Embeddings,
     order: np.ndarray,
+    *,
     points: Sequence[float] | np.ndarray | None = None,
     leave_one_out: bool = False,
     exclude: np.ndarray | None = None,
@@ -299,39 +282,54 @@ def evaluate_curve(
 ) -> Curve:
     """AP / top-1 / top-5 of every query at every backfill ratio of ``points`` for one strategy.
 
-    Args:
-        strategy: a name of :data:`backfill.strategies.STRATEGIES`, ``"new"`` (the new/new reference) or a
-            :class:`Strategy`.
-        queries: query embeddings with labels (``-1`` = unknown: such queries are excluded and counted).
-        gallery: gallery embeddings with labels.
-        order: backfill order, a permutation of the gallery ids.
-        points: ratios in [0, 1] (default :func:`curve_points` ``(21)``); one point gives per-query results
-            at one ratio.
-        leave_one_out: queries are the gallery; each query's own item is dropped from its ranking.
-        exclude: ``(n_q,)`` gallery id to drop per query (``-1`` = none), e.g. for a query that is a gallery
-            item; exclusive with ``leave_one_out``.
-        block_size: queries per block (default: sized to ~192 MiB of working memory).
+    Parameters
+    ----------
+    strategy : str or Strategy
+        A name of :data:`backfill.strategies.STRATEGIES`, ``"new"`` (the new/new reference) or a
+        :class:`~backfill.strategies.Strategy`.
+    queries : Embeddings
+        Query embeddings with labels (``-1`` = unknown: such queries are excluded and counted).
+    gallery : Embeddings
+        Gallery embeddings with labels.
+    order : array-like of shape (n_gallery,)
+        Backfill order, a permutation of the gallery ids.
+    points : array-like of shape (T,), optional
+        Ratios in [0, 1] (default :func:`curve_points` ``(21)``); one point gives per-query results at one
+        ratio.
+    leave_one_out : bool, default=False
+        Queries are the gallery; each query's own item is dropped from its ranking.
+    exclude : array-like of shape (n_queries,), optional
+        Gallery id to drop per query (``-1`` = none), e.g. for a query that is a gallery item; exclusive
+        with ``leave_one_out``.
+    block_size : int, optional
+        Queries per block (default: sized to ~192 MiB of working memory).
 
-    Returns a :class:`Curve`. Raises ``ValueError`` for missing arrays (named), dimension mismatches, bad
-    ratios or orders.
+    Returns
+    -------
+    Curve
+
+    Raises
+    ------
+    ValueError
+        For missing arrays (named), dimension mismatches, bad ratios or orders.
     """
     strat = get_strategy(strategy)
-    queries.require(strat.query_arrays, f"strategy '{strat.name}' (queries)")
-    gallery.require(strat.gallery_arrays, f"strategy '{strat.name}' (gallery)")
+    queries.require(strat.query_arrays, purpose=f"strategy '{strat.name}' (queries)")
+    gallery.require(strat.gallery_arrays, purpose=f"strategy '{strat.name}' (gallery)")
     n = gallery.n
     order = validate_order(order, n)
     pts = curve_points() if points is None else np.asarray(points, dtype=np.float64).ravel()
     if pts.size == 0:
         raise ValueError("points: no backfill ratio given")
     ms = np.array([num_backfilled(p, n) for p in pts], dtype=np.int64)
-    if block_size is not None and (int(block_size) != block_size or block_size < 1):
-        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    if block_size is not None:
+        block_size = check_int(block_size, "block_size")
     position = np.empty(n, dtype=np.int64)
     position[order] = np.arange(n)
-    ex = resolve_exclude(queries.n, n, exclude, leave_one_out)
+    ex = resolve_exclude(queries.n, n, exclude=exclude, leave_one_out=leave_one_out)
     g_labels = gallery.labels[order]
     by_label = np.argsort(g_labels, kind="stable")
-    prob = _Problem(
+    prob = _Relevance(
         q_labels=queries.labels,
         g_labels=g_labels,
         exclude_pos=np.where(ex >= 0, position[np.maximum(ex, 0)], -1),
@@ -356,158 +354,3 @@ def evaluate_curve(
         ap[:, idx] = g_ap if g_ap.shape[1] == idx.size else g_ap[:, :1]
         hits[:, idx] = g_hits if g_hits.shape[1] == idx.size else g_hits[:, :1]
     return Curve(strat.name, pts, ap, hits[..., 0], hits[..., 1], n_rel > 0)
-
-
-def summarize_curve(curve: Curve, old: Curve | None = None, new_map: float | None = None) -> dict:
-    """JSON-ready summary of one curve.
-
-    Keys: ``points``, ``map``, ``top1``, ``top5`` (lists), ``auc_map``, ``auc_top1``, ``auc_top5``; with
-    ``old`` (the old/old curve of the same queries; its first point is used, old/old does not depend on
-    the ratio): ``negative_flip`` (list: share of counted queries whose old/old top-1 is right and this
-    curve's is wrong) and ``max_negative_flip``; with ``old`` and ``new_map`` (new/new mAP):
-    ``relative_gain`` = (auc_map - old/old mAP) / (new_map - old/old mAP), ``None`` when new == old.
-    """
-    out: dict = {
-        "points": [float(p) for p in curve.points],
-        "map": curve.map.tolist(),
-        "top1": curve.top1.tolist(),
-        "top5": curve.top5.tolist(),
-        "auc_map": area_under_curve(curve.map),
-        "auc_top1": area_under_curve(curve.top1),
-        "auc_top5": area_under_curve(curve.top5),
-    }
-    if old is not None:
-        if old.valid.shape != curve.valid.shape:
-            raise ValueError("old curve: evaluated on different queries")
-        flips = negative_flip_rate(old.hit1[curve.valid, 0], curve.hit1[curve.valid])
-        out["negative_flip"] = flips.tolist()
-        out["max_negative_flip"] = float(flips.max())
-        if new_map is not None:
-            gain = relative_gain(out["auc_map"], float(old.map[0]), float(new_map))
-            out["relative_gain"] = None if np.isnan(gain) else gain
-    return out
-
-
-def evaluate_strategies(
-    embeddings: Embeddings,
-    strategies: Sequence[str] | None,
-    order: np.ndarray,
-    points: Sequence[float] | np.ndarray | None = None,
-    block_size: int | None = None,
-) -> dict:
-    """Evaluate several strategies with the queries = the gallery (leave-one-out): the CLI's JSON.
-
-    ``strategies`` default: every strategy of :data:`STRATEGIES` whose arrays ``embeddings`` holds (an
-    explicit list must be fully available, else ``ValueError`` naming the missing arrays). Returns::
-
-        {"points": [...], "n_queries": int, "n_excluded_queries": int,
-         "reference": {"old_map", "new_map", "old_top1", "new_top1"}   # those available
-         "strategies": {name: {"label", "map": [...], "top1": [...], "top5": [...],
-                               "auc_map", "auc_top1", "auc_top5",
-                               "relative_gain",                      # when old and new are available
-                               "negative_flip": [...], "max_negative_flip"}}}  # when old is available
-
-    ``relative_gain`` = (auc_map - old/old mAP) / (new/new mAP - old/old mAP) (``None`` when undefined).
-    """
-    if strategies is None:
-        names = [s for s, st in STRATEGIES.items() if set(st.required_arrays) <= set(embeddings.available)]
-        if not names:
-            have = ", ".join(embeddings.available)
-            raise ValueError(f"no strategy can run on the arrays available ({have})")
-    else:
-        names = list(dict.fromkeys(strategies))
-        for name in names:
-            strat = get_strategy(name)
-            embeddings.require(strat.required_arrays, f"strategy '{name}'")
-    pts = curve_points() if points is None else np.asarray(points, dtype=np.float64)
-
-    def run(name: str, at: np.ndarray) -> Curve:
-        return evaluate_curve(name, embeddings, embeddings, order, at, True, block_size=block_size)
-
-    reference: dict[str, float] = {}
-    old_curve = new_map = None
-    if "old" in embeddings.available:
-        old_curve = run("old", np.zeros(1))
-        reference.update(old_map=float(old_curve.map[0]), old_top1=float(old_curve.top1[0]))
-    if "new" in embeddings.available:
-        new_curve = run(NEW_REFERENCE.name, np.ones(1))
-        new_map = float(new_curve.map[0])
-        reference.update(new_map=new_map, new_top1=float(new_curve.top1[0]))
-    out: dict = {"points": [float(p) for p in pts], "reference": reference, "strategies": {}}
-    for name in names:
-        curve = run(name, pts)
-        out["n_queries"], out["n_excluded_queries"] = curve.n_queries, curve.n_excluded
-        res = {"label": get_strategy(name).label, **summarize_curve(curve, old_curve, new_map)}
-        del res["points"]
-        out["strategies"][name] = res
-    return out
-
-
-def merged_scores(
-    strategy: str | Strategy,
-    queries: Embeddings,
-    gallery: Embeddings,
-    order: np.ndarray,
-    ratio: float,
-    exclude: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force merged score matrix at one ratio: ``(scores (n_q, N) float32, spaces (N,) uint8)``.
-
-    ``scores[i, g]`` is the strategy's raw score of gallery id ``g`` for query ``i``; ``-inf`` where ``g`` is
-    unreachable or excluded. ``spaces[g]`` is the space that scored ``g`` (0 old, 1 new). Memory ``n_q * N``:
-    meant for small problems, checks and the reference evaluator.
-    """
-    strat = get_strategy(strategy)
-    order = validate_order(order, gallery.n)
-    m = num_backfilled(ratio, gallery.n)
-    in_b = np.zeros(gallery.n, dtype=bool)
-    in_b[order[:m]] = True
-    ex = resolve_exclude(queries.n, gallery.n, exclude, leave_one_out=False)
-    scores = np.full((queries.n, gallery.n), -np.inf, dtype=np.float32)
-    spaces = np.zeros(gallery.n, dtype=np.uint8)
-    for side, part in zip(strat.sides(float(ratio)), (~in_b, in_b), strict=True):
-        if side is None or not part.any():
-            continue
-        q, g = _side_arrays(side, queries, gallery, np.arange(gallery.n))
-        scores[:, part] = q @ g[part].T
-        spaces[part] = side.space
-    rows = np.nonzero(ex >= 0)[0]
-    scores[rows, ex[rows]] = -np.inf
-    return scores, spaces
-
-
-def reference_curve(
-    strategy: str | Strategy,
-    queries: Embeddings,
-    gallery: Embeddings,
-    order: np.ndarray,
-    points: Sequence[float] | np.ndarray,
-    leave_one_out: bool = False,
-    exclude: np.ndarray | None = None,
-) -> Curve:
-    """The straightforward evaluator (as published evaluation code does it), to check the fast one.
-
-    At every point it rebuilds the merged score matrix and calls scikit-learn's
-    ``average_precision_score`` per query on the retrieved items (scaled by retrieved relevant / all
-    relevant, so unreachable relevant items count as never retrieved); top-k sorts each row with ties broken
-    against the query (irrelevant first). Needs scikit-learn (the ``test`` extra). Slow: checks only.
-    """
-    from sklearn.metrics import average_precision_score
-
-    ex = resolve_exclude(queries.n, gallery.n, exclude, leave_one_out)
-    pts = np.asarray(points, dtype=np.float64).ravel()
-    ap = np.full((queries.n, pts.size), np.nan)
-    hits = np.zeros((queries.n, pts.size, 2), dtype=bool)
-    relevant = (queries.labels[:, None] == gallery.labels[None, :]) & (queries.labels[:, None] >= 0)
-    rows = np.nonzero(ex >= 0)[0]
-    relevant[rows, ex[rows]] = False
-    n_rel = relevant.sum(axis=1)
-    for t, p in enumerate(pts):
-        scores, _ = merged_scores(strategy, queries, gallery, order, p, ex)
-        for i in np.nonzero(n_rel > 0)[0]:
-            seen = np.isfinite(scores[i])
-            rel, sc = relevant[i, seen], scores[i, seen]
-            ap[i, t] = average_precision_score(rel, sc) * rel.sum() / n_rel[i] if rel.any() else 0.0
-            ranked = rel[np.lexsort((rel, -sc.astype(np.float64)))]
-            hits[i, t] = ranked[:1].any(), ranked[:5].any()
-    return Curve(get_strategy(strategy).name, pts, ap, hits[..., 0], hits[..., 1], n_rel > 0)

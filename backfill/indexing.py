@@ -14,35 +14,48 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from backfill._validation import check_int
 from backfill.embeddings import Embeddings
-from backfill.evaluation import resolve_exclude
-from backfill.ordering import num_backfilled, validate_order
-from backfill.strategies import Side, Strategy, get_strategy
+from backfill.ordering import num_backfilled, resolve_exclude, validate_order
+from backfill.strategies import Side, Space, Strategy, get_strategy
+
+__all__ = ["BackfillIndex", "SearchResult"]
 
 
 @dataclass(frozen=True)
 class SearchResult:
     """Top-k hits per query.
 
-    Attributes:
-        ids: ``(n_q, k)`` int64 gallery ids, best first; ``-1`` where fewer than k items are reachable.
-        scores: ``(n_q, k)`` float32 raw similarities; ``-inf`` for padding.
-        spaces: ``(n_q, k)`` uint8, ``0`` = scored in the old space, ``1`` = in the new space (the space
-            of the strategy side that scored the hit; padding is 0).
+    Parameters
+    ----------
+    ids : ndarray of shape (n_q, k), int64
+        Gallery ids, best first; ``-1`` where fewer than k items are reachable.
+    scores : ndarray of shape (n_q, k), float32
+        Raw similarities; ``-inf`` for padding.
+    spaces : ndarray of shape (n_q, k), uint8
+        :class:`~backfill.strategies.Space` values: the space of the strategy side that scored each hit
+        (``Space.OLD`` for padding).
     """
 
     ids: np.ndarray
     scores: np.ndarray
     spaces: np.ndarray
 
+    def space(self, query: int, rank: int) -> Space:
+        """The :class:`~backfill.strategies.Space` of hit ``rank`` (0-based) of query ``query``."""
+        return Space(int(self.spaces[query, rank]))
+
 
 class BackfillIndex:
     """Exact top-k search over ``gallery`` backfilled in ``order``.
 
-    Args:
-        gallery: the gallery embeddings (any of old / new / transformed / bct; indexes are built lazily, one
-            per gallery array a strategy uses).
-        order: backfill order, a permutation of ``0..gallery.n-1`` (``ValueError`` otherwise).
+    Parameters
+    ----------
+    gallery : Embeddings
+        The gallery embeddings (any of old / new / transformed / bct; indexes are built lazily, one per
+        gallery array a strategy uses).
+    order : array-like of shape (gallery.n,)
+        Backfill order, a permutation of ``0..gallery.n-1`` (``ValueError`` otherwise).
     """
 
     def __init__(self, gallery: Embeddings, order: np.ndarray) -> None:
@@ -52,6 +65,7 @@ class BackfillIndex:
 
     @property
     def n(self) -> int:
+        """Gallery size."""
         return self.gallery.n
 
     def _index(self, name: str) -> faiss.IndexFlatIP:
@@ -64,13 +78,8 @@ class BackfillIndex:
 
     def _search_side(self, side: Side, queries: Embeddings, lo: int, hi: int, k: int):
         """Top-``k`` positions in ``[lo, hi)`` by ``side``: ``(scores, positions)``, positions -1 if none."""
-        q = queries.array(side.query)
+        q, _ = side.arrays(queries, self.gallery)
         index = self._index(side.gallery)
-        if q.shape[1] != index.d:
-            raise ValueError(
-                f"dimension mismatch: query array '{side.query}' has d={q.shape[1]} but gallery array"
-                f" '{side.gallery}' has d={index.d}"
-            )
         k_eff = min(k, hi - lo)
         params = faiss.SearchParameters(sel=faiss.IDSelectorRange(lo, hi))
         scores, pos = index.search(q, k_eff, params=params)
@@ -81,30 +90,38 @@ class BackfillIndex:
         strategy: str | Strategy,
         queries: Embeddings,
         ratio: float,
+        *,
         k: int = 10,
         exclude: np.ndarray | None = None,
     ) -> SearchResult:
         """Top-``k`` gallery items for each query under ``strategy`` at backfill ``ratio``.
 
-        Args:
-            strategy: strategy name (see :mod:`backfill.strategies`) or :class:`Strategy`.
-            queries: query embeddings holding the query arrays the strategy needs (``ValueError`` names
-                missing ones).
-            ratio: backfill ratio in [0, 1].
-            k: number of hits, >= 1.
-            exclude: optional ``(n_q,)`` gallery id to drop per query (``-1`` = none), e.g. the query's own
-                item when queries are gallery items (leave-one-out).
+        Parameters
+        ----------
+        strategy : str or Strategy
+            Strategy name (see :mod:`backfill.strategies`) or :class:`~backfill.strategies.Strategy`.
+        queries : Embeddings
+            Query embeddings holding the query arrays the strategy needs (``ValueError`` names missing
+            ones).
+        ratio : float
+            Backfill ratio in [0, 1].
+        k : int, default=10
+            Number of hits, >= 1.
+        exclude : array-like of shape (n_q,), optional
+            Gallery id to drop per query (``-1`` = none), e.g. the query's own item when queries are
+            gallery items (leave-one-out).
 
-        Returns a :class:`SearchResult`, equal to a brute-force ranking of the merged scores.
+        Returns
+        -------
+        SearchResult
+            Equal to a brute-force ranking of the merged scores.
         """
         strat = get_strategy(strategy)
-        if int(k) != k or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        k = int(k)
+        k = check_int(k, "k")
         m = num_backfilled(ratio, self.n)
-        queries.require(strat.query_arrays, f"strategy '{strat.name}' (queries)")
-        self.gallery.require(strat.gallery_arrays, f"strategy '{strat.name}' (gallery)")
-        ex = resolve_exclude(queries.n, self.n, exclude, leave_one_out=False)
+        queries.require(strat.query_arrays, purpose=f"strategy '{strat.name}' (queries)")
+        self.gallery.require(strat.gallery_arrays, purpose=f"strategy '{strat.name}' (gallery)")
+        ex = resolve_exclude(queries.n, self.n, exclude=exclude)
         want = k + 1 if (ex >= 0).any() else k  # one spare hit per query to survive the exclusion
         u_side, b_side = strat.sides(float(ratio))
         parts = []

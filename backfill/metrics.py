@@ -1,6 +1,6 @@
 """Retrieval metrics: AP, mAP, CMC, AUC over the backfill curve, relative gain, negative flips.
 
-Conventions (method.md, "Evaluation protocol"):
+Conventions:
 
 * A gallery item is relevant to a query when their labels match (negative labels = unknown, never relevant).
 * Items a strategy cannot reach carry the score ``-inf``: they are never retrieved. A relevant item that is
@@ -19,19 +19,38 @@ from collections.abc import Sequence
 
 import numpy as np
 
+__all__ = [
+    "ap_from_counts",
+    "area_under_curve",
+    "average_precision",
+    "cmc",
+    "hits_from_counts",
+    "mean_average_precision",
+    "negative_flip_rate",
+    "relative_gain",
+]
+
 
 def ap_from_counts(
     n_ge: np.ndarray, rel_ge: np.ndarray, reached: np.ndarray, n_relevant: np.ndarray
 ) -> np.ndarray:
     """Per-query AP from counts at each relevant item.
 
-    Args:
-        n_ge: ``(n_q, r)`` number of retrieved items scoring ``>=`` relevant item j (itself included).
-        rel_ge: ``(n_q, r)`` number of retrieved *relevant* items scoring ``>=`` item j.
-        reached: ``(n_q, r)`` bool, False for padding and for relevant items that are not retrieved.
-        n_relevant: ``(n_q,)`` number of relevant items (retrieved or not): the AP denominator.
+    Parameters
+    ----------
+    n_ge : ndarray of shape (n_q, r)
+        Number of retrieved items scoring ``>=`` relevant item j (itself included).
+    rel_ge : ndarray of shape (n_q, r)
+        Number of retrieved *relevant* items scoring ``>=`` item j.
+    reached : ndarray of shape (n_q, r), bool
+        False for padding and for relevant items that are not retrieved.
+    n_relevant : ndarray of shape (n_q,)
+        Number of relevant items, retrieved or not: the AP denominator.
 
-    Returns ``(n_q,)`` float64, ``nan`` where ``n_relevant == 0``.
+    Returns
+    -------
+    ndarray of shape (n_q,), float64
+        ``nan`` where ``n_relevant == 0``.
     """
     terms = np.where(reached, rel_ge / np.maximum(n_ge, 1), 0.0).sum(axis=1)
     n_rel = np.asarray(n_relevant)
@@ -40,7 +59,7 @@ def ap_from_counts(
 
 
 def hits_from_counts(
-    n_ge: np.ndarray, rel_ge: np.ndarray, reached: np.ndarray, ks: Sequence[int] = (1, 5)
+    n_ge: np.ndarray, rel_ge: np.ndarray, reached: np.ndarray, *, ks: Sequence[int] = (1, 5)
 ) -> np.ndarray:
     """Per-query top-k hits (pessimistic ties) from the same counts as :func:`ap_from_counts`.
 
@@ -86,17 +105,24 @@ def _counts(scores: np.ndarray, relevant: np.ndarray, r_max: int):
 
 
 def average_precision(
-    scores: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray | int | None = None
+    scores: np.ndarray, relevant: np.ndarray, *, n_relevant: np.ndarray | int | None = None
 ) -> np.ndarray | float:
     """AP of each ranking (see the module docstring for ties and unreachable items).
 
-    Args:
-        scores: ``(n_g,)`` or ``(n_q, n_g)`` scores of every gallery item; ``-inf`` = not retrievable.
-        relevant: bool, same shape: which items are relevant.
-        n_relevant: AP denominators ``(n_q,)`` (or a scalar); default: the number of relevant entries per
-            row. Give it when relevant items are missing from ``scores`` altogether.
+    Parameters
+    ----------
+    scores : ndarray of shape (n_g,) or (n_q, n_g)
+        Scores of every gallery item; ``-inf`` = not retrievable.
+    relevant : ndarray of bool, same shape
+        Which items are relevant.
+    n_relevant : ndarray of shape (n_q,) or int, optional
+        AP denominators; default: the number of relevant entries per row. Give it when relevant items are
+        missing from ``scores`` altogether.
 
-    Returns a float for 1-D input, else ``(n_q,)`` float64; ``nan`` for a query without relevant items.
+    Returns
+    -------
+    float or ndarray of shape (n_q,)
+        A float for 1-D input; ``nan`` for a query without relevant items.
     """
     s, r, single = _rows(scores, relevant)
     n_rel = r.sum(axis=1) if n_relevant is None else np.broadcast_to(np.asarray(n_relevant), (s.shape[0],))
@@ -118,7 +144,7 @@ def mean_average_precision(ap: np.ndarray) -> float:
     return float(ap[valid].mean())
 
 
-def cmc(scores: np.ndarray, relevant: np.ndarray, ks: Sequence[int] = (1, 5)) -> np.ndarray:
+def cmc(scores: np.ndarray, relevant: np.ndarray, *, ks: Sequence[int] = (1, 5)) -> np.ndarray:
     """Per-query top-k hits (pessimistic ties): ``(n_q, len(ks))`` bool (``(len(ks),)`` for 1-D input).
 
     The CMC value at k is the mean of column k over queries that have relevant items.

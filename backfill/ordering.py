@@ -11,7 +11,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from backfill.embeddings import as_int64_vector
+from backfill._validation import as_int64_vector, check_matrix, check_ratio
+
+__all__ = [
+    "BackfillState",
+    "class_centroids",
+    "classifier_entropy_priority",
+    "nearest_centroid_priority",
+    "num_backfilled",
+    "oracle_priority",
+    "order_by_score",
+    "random_order",
+    "resolve_exclude",
+    "validate_order",
+]
 
 
 def num_backfilled(ratio: float, n: int) -> int:
@@ -22,12 +35,7 @@ def num_backfilled(ratio: float, n: int) -> int:
     ``m`` as the decimal value. ``ValueError`` when ``ratio`` is not a finite number in ``[0, 1]`` or
     ``n < 0``.
     """
-    try:
-        p = float(ratio)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"backfill ratio must be a number in [0, 1], got {ratio!r}") from exc
-    if not math.isfinite(p) or p < 0.0 or p > 1.0:
-        raise ValueError(f"backfill ratio must be in [0, 1], got {ratio!r}")
+    p = check_ratio(ratio)
     if n < 0:
         raise ValueError(f"gallery size must be >= 0, got {n}")
     return min(n, int(math.floor(round(p * n, 9) + 0.5)))
@@ -38,8 +46,8 @@ def validate_order(order: np.ndarray, n: int) -> np.ndarray:
 
     ``ValueError`` names the problem: wrong shape or length, non-integer values, out-of-range or repeated ids.
     """
-    arr = as_int64_vector(order, "order", n)
-    if (arr.min() < 0 or arr.max() >= n):
+    arr = as_int64_vector(order, "order", n=n)
+    if arr.min() < 0 or arr.max() >= n:
         raise ValueError(f"order: ids must lie in [0, {n - 1}], got range [{arr.min()}, {arr.max()}]")
     counts = np.bincount(arr, minlength=n)
     if (counts != 1).any():
@@ -50,7 +58,38 @@ def validate_order(order: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def random_order(n: int, seed: int | None = 0) -> np.ndarray:
+def resolve_exclude(
+    n_queries: int, gallery_n: int, *, exclude: np.ndarray | None = None, leave_one_out: bool = False
+) -> np.ndarray:
+    """The gallery id excluded from each query's ranking, ``(n_queries,)`` int64 (``-1`` = none).
+
+    Parameters
+    ----------
+    n_queries, gallery_n : int
+        Numbers of queries and of gallery items.
+    exclude : array-like of shape (n_queries,), optional
+        Gallery id to drop per query, ``-1`` for none; exclusive with ``leave_one_out``.
+    leave_one_out : bool, default=False
+        The queries *are* the gallery: query i drops gallery item i.
+    """
+    if leave_one_out:
+        if exclude is not None:
+            raise ValueError("give either leave_one_out or exclude, not both")
+        if n_queries != gallery_n:
+            raise ValueError(
+                f"leave-one-out needs the queries to be the gallery, but there are {n_queries} queries"
+                f" and {gallery_n} gallery items"
+            )
+        return np.arange(n_queries, dtype=np.int64)
+    if exclude is None:
+        return np.full(n_queries, -1, dtype=np.int64)
+    ex = as_int64_vector(exclude, "exclude", n=n_queries)
+    if (ex < -1).any() or (ex >= gallery_n).any():
+        raise ValueError(f"exclude: ids must be -1 (none) or in [0, {gallery_n - 1}]")
+    return ex
+
+
+def random_order(n: int, *, seed: int | None = 0) -> np.ndarray:
     """A uniformly random order of ``n`` items (the paper's default), reproducible from ``seed``."""
     if n < 0:
         raise ValueError(f"gallery size must be >= 0, got {n}")
@@ -67,21 +106,12 @@ def order_by_score(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-arr, kind="stable").astype(np.int64)
 
 
-def _check_2d(name: str, x: np.ndarray) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float32)
-    if arr.ndim != 2 or arr.shape[0] == 0:
-        raise ValueError(f"{name}: expected a non-empty 2-D array, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name}: contains NaN or infinite values")
-    return arr
-
-
 def class_centroids(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """L2-normalised mean embedding of each class.
 
     Returns ``(classes (c,) int64, centroids (c, d) float32)``.
     """
-    emb = _check_2d("embeddings", embeddings)
+    emb = check_matrix(embeddings, "embeddings")
     lab = np.asarray(labels, dtype=np.int64)
     if lab.shape != (emb.shape[0],):
         raise ValueError(f"labels: expected shape ({emb.shape[0]},), got {lab.shape}")
@@ -100,15 +130,15 @@ def nearest_centroid_priority(old: np.ndarray, centroids: np.ndarray) -> np.ndar
     so they are backfilled first (FastFill's uncertainty-first idea). Returns ``(n,)`` float64; feed it to
     :func:`order_by_score`.
     """
-    emb = _check_2d("old", old)
-    cen = _check_2d("centroids", centroids)
+    emb = check_matrix(old, "old")
+    cen = check_matrix(centroids, "centroids")
     if cen.shape[1] != emb.shape[1]:
         raise ValueError(f"centroids: dimension {cen.shape[1]} does not match old embeddings' {emb.shape[1]}")
     return 1.0 - (emb @ cen.T).max(axis=1).astype(np.float64)
 
 
 def classifier_entropy_priority(
-    old: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, temperature: float = 1.0
+    old: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *, temperature: float = 1.0
 ) -> np.ndarray:
     """Deployable priority: entropy of the old classifier's softmax on the stored old embeddings.
 
@@ -116,8 +146,8 @@ def classifier_entropy_priority(
     ``temperature``. Items the old model is least sure about are backfilled first (FastFill's
     uncertainty-first order). Returns ``(n,)`` float64 entropies in nats; feed it to :func:`order_by_score`.
     """
-    emb = _check_2d("old", old).astype(np.float64)
-    w = _check_2d("weight", weight).astype(np.float64)
+    emb = check_matrix(old, "old").astype(np.float64)
+    w = check_matrix(weight, "weight").astype(np.float64)
     if w.shape[1] != emb.shape[1]:
         raise ValueError(f"weight: dimension {w.shape[1]} does not match old embeddings' {emb.shape[1]}")
     if not temperature > 0:

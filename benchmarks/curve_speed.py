@@ -18,8 +18,9 @@ import time
 import numpy as np
 
 from backfill.embeddings import Embeddings
-from backfill.evaluation import curve_points, evaluate_curve, reference_curve
+from backfill.evaluation import curve_points, evaluate_curve
 from backfill.ordering import random_order
+from backfill.testing import reference_curve
 
 
 def synthetic(n: int, dim: int, n_classes: int, seed: int = 0) -> Embeddings:
@@ -48,10 +49,10 @@ def main() -> None:
     args = parser.parse_args()
 
     emb = synthetic(args.n, args.dim, args.classes)
-    order = random_order(args.n, 0)
+    order = random_order(args.n, seed=0)
     pts = curve_points(21)
     fast, fast_wall, fast_cpu = _timed(
-        lambda: evaluate_curve(args.strategy, emb, emb, order, pts, leave_one_out=True)
+        lambda: evaluate_curve(args.strategy, emb, emb, order, points=pts, leave_one_out=True)
     )
     print(f"fast evaluator: {args.n} queries x {args.n} gallery, d={args.dim}, {pts.size} points,"
           f" {args.strategy}: {fast_wall:.2f} s wall, {fast_cpu:.2f} s CPU")
@@ -60,7 +61,7 @@ def main() -> None:
 
     sub = np.random.default_rng(1).choice(args.n, size=args.subsample, replace=False)
     ref, ref_wall, ref_cpu = _timed(
-        lambda: reference_curve(args.strategy, emb.subset(sub), emb, order, pts, exclude=sub)
+        lambda: reference_curve(args.strategy, emb.subset(sub), emb, order, points=pts, exclude=sub)
     )
     print(f"reference evaluator: {args.subsample} queries: {ref_wall:.2f} s wall, {ref_cpu:.2f} s CPU")
     per_fast, per_ref = fast_wall / args.n, ref_wall / args.subsample

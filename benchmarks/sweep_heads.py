@@ -78,7 +78,8 @@ def main() -> None:
             acc = float((logits.argmax(1).numpy() == y_val).mean())
             e = emb.numpy()
             bundle = Embeddings(y_val, e, e)
-            curve = evaluate_curve("old", bundle, bundle, random_order(len(y_val)), np.zeros(1), leave_one_out=True)
+            curve = evaluate_curve("old", bundle, bundle, random_order(len(y_val)), points=np.zeros(1),
+                                   leave_one_out=True)
             print(f"{view:<11} {str(cfg):<55} {acc:8.4f} {curve.map[0]:8.4f} {time.perf_counter() - t:8.1f}",
                   flush=True)
 

@@ -61,3 +61,61 @@ def test_evaluate_errors(emb_file, tmp_path, capsys):
     np.savez(nan_file, labels=np.zeros(2, int), old=bad_old, new=np.ones((2, 2)))
     assert main(["evaluate", str(nan_file)]) == 2
     assert "NaN" in capsys.readouterr().err
+
+
+def test_repeated_strategy_flags_accumulate_without_duplicates(emb_file, tmp_path):
+    out = tmp_path / "out.json"
+    argv = ["evaluate", str(emb_file), "--strategy", "rank_merge", "--strategy", "rt_merge", "old",
+            "--strategy", "rank_merge", "--points", "3", "--json", str(out)]
+    assert main(argv) == 0
+    assert list(json.loads(out.read_text())["strategies"]) == ["rank_merge", "rt_merge", "old"]
+
+
+def test_full_is_rt_merge_on_transformed_reported_under_its_name(emb_file, tmp_path, capsys):
+    out = tmp_path / "out.json"
+    assert main(["evaluate", str(emb_file), "--strategy", "full", "rt_merge", "--points", "5",
+                 "--json", str(out)]) == 0
+    res = json.loads(out.read_text())["strategies"]
+    assert list(res) == ["full", "rt_merge"]
+    assert res["full"]["label"] == "full (rt_merge on transformed)"
+    assert res["full"]["map"] == res["rt_merge"]["map"]  # the same computation, named as the method
+    assert "full (rt_merge on transformed): the full method when transformed = psi_mc(new)" in capsys.readouterr().out
+
+
+def test_full_on_a_file_embedded_for_another_variant_is_refused(emb_file, capsys):
+    emb_file.with_suffix(".inputs.json").write_text(json.dumps({"variant": "base"}))
+    assert main(["evaluate", str(emb_file), "--strategy", "full"]) == 2
+    err = capsys.readouterr().err
+    assert "--variant base" in err and "--variant full" in err and len(err.strip().splitlines()) == 1
+    assert main(["evaluate", str(emb_file), "--strategy", "rt_merge", "--points", "2"]) == 0
+
+
+def test_rt_merge_on_a_full_file_says_it_is_the_full_method(emb_file, capsys):
+    emb_file.with_suffix(".inputs.json").write_text(json.dumps({"variant": "full"}))
+    assert main(["evaluate", str(emb_file), "--strategy", "rt_merge", "--points", "2"]) == 0
+    assert "rt_merge here is the full method" in capsys.readouterr().out
+
+
+def test_help_documents_repetition_and_aliases(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "repeat the flag" in text and "full = rt_merge" in text and "psi_mc(new)" in text
+
+
+@pytest.mark.parametrize("content", ["labels,old\n1,2\n", "\x93NUMPY but not really"])
+def test_a_file_that_is_not_npz_gets_one_line(tmp_path, capsys, content):
+    text = tmp_path / "emb.npz"
+    text.write_text(content)
+    assert main(["evaluate", str(text)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "not a readable .npz file" in err
+    assert "pickle" not in err
+
+
+def test_an_order_file_that_is_not_npy_gets_one_line(emb_file, tmp_path, capsys):
+    order = tmp_path / "order.npy"
+    order.write_text("0 1 2 3\n")
+    assert main(["evaluate", str(emb_file), "--order", str(order)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "not a .npy file" in err and "pickle" not in err

@@ -55,7 +55,7 @@ def test_require_names_every_missing_array():
     e = _bundle()
     e.require(["old", "new"])
     with pytest.raises(ValueError, match="'transformed', 'bct' needed by strategy X"):
-        e.require(["old", "transformed", "bct"], "strategy X")
+        e.require(["old", "transformed", "bct"], purpose="strategy X")
     with pytest.raises(ValueError, match="missing embedding array 'bct'"):
         e.array("bct")
 
@@ -86,3 +86,21 @@ def test_l2_normalize_and_subset():
     np.testing.assert_allclose(x, [[0.6, 0.8]], rtol=1e-6)
     e = _bundle().subset(np.array([1, 3]))
     assert e.n == 2 and e.old.shape == (2, 4)
+
+
+@pytest.mark.parametrize("kind", ["text", "npy", "object"])
+def test_load_rejects_files_that_are_not_bundles_in_one_line(tmp_path, kind):
+    path = tmp_path / "emb.npz"
+    if kind == "text":
+        path.write_text("labels old\n0 1.0\n")
+    elif kind == "npy":
+        with open(path, "wb") as f:
+            np.save(f, np.ones((2, 3)))
+    else:
+        np.savez(path, labels=np.array([0, 1]), old=np.array([None, 1], dtype=object))
+    with pytest.raises(ValueError) as info:
+        Embeddings.load(path)
+    message = str(info.value)
+    assert "\n" not in message and "pickle" not in message and str(path) in message
+    if kind == "object":
+        assert "'old'" in message

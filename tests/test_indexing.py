@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 from backfill.embeddings import Embeddings
-from backfill.evaluation import merged_scores
 from backfill.indexing import BackfillIndex
 from backfill.ordering import num_backfilled, random_order
 from backfill.strategies import STRATEGIES
+from backfill.testing import merged_scores
 
 
 def _bundle(n, seed):
@@ -16,7 +16,7 @@ def _bundle(n, seed):
 
 
 def _brute_force(strategy, queries, gallery, order, ratio, k, exclude=None):
-    scores, spaces = merged_scores(strategy, queries, gallery, order, ratio, exclude)
+    scores, spaces = merged_scores(strategy, queries, gallery, order, ratio, exclude=exclude)
     ids = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     top = np.take_along_axis(scores, ids, axis=1)
     ids = np.where(np.isfinite(top), ids, -1)
@@ -27,7 +27,7 @@ def _brute_force(strategy, queries, gallery, order, ratio, k, exclude=None):
 @pytest.mark.parametrize("ratio", [0.0, 0.3, 0.77, 1.0])
 def test_search_equals_brute_force(strategy, ratio):
     g, q = _bundle(60, 0), _bundle(9, 1)
-    order = random_order(60, 2)
+    order = random_order(60, seed=2)
     index = BackfillIndex(g, order)
     exclude = np.array([0, -1, 5, 59, -1, 3, 3, 10, -1])
     res = index.search(strategy, q, ratio, k=7, exclude=exclude)
@@ -55,7 +55,7 @@ def test_merge_hand_computed():
 
 def test_one_side_empty_equals_single_space_search():
     g, q = _bundle(40, 3), _bundle(5, 4)
-    order = random_order(40, 0)
+    order = random_order(40, seed=0)
     index = BackfillIndex(g, order)
     at0 = index.search("rank_merge", q, 0.0, k=5)
     old = index.search("old", q, 0.6, k=5)
@@ -68,7 +68,7 @@ def test_one_side_empty_equals_single_space_search():
 
 def test_new_partial_padding():
     g, q = _bundle(20, 5), _bundle(3, 6)
-    order = random_order(20, 1)
+    order = random_order(20, seed=1)
     index = BackfillIndex(g, order)
     nothing = index.search("new_partial", q, 0.0, k=4)
     assert (nothing.ids == -1).all() and np.isneginf(nothing.scores).all()
@@ -82,7 +82,7 @@ def test_new_partial_padding():
 
 def test_bad_inputs():
     g = _bundle(10, 0)
-    index = BackfillIndex(g, random_order(10, 0))
+    index = BackfillIndex(g, random_order(10, seed=0))
     with pytest.raises(ValueError, match="ratio"):
         index.search("old", g, 1.2, k=3)
     with pytest.raises(ValueError, match="k must be"):
@@ -94,3 +94,14 @@ def test_bad_inputs():
         index.search("rank_merge", q, 0.5, k=3)
     with pytest.raises(ValueError, match="not a permutation"):
         BackfillIndex(g, np.zeros(10, dtype=int))
+
+
+def test_options_are_keyword_only_and_spaces_are_typed():
+    from backfill.strategies import Space
+
+    g = _bundle(10, 0)
+    index = BackfillIndex(g, random_order(10, seed=0))
+    with pytest.raises(TypeError):
+        index.search("old", g, 0.5, 3)
+    res = index.search("rank_merge", g, 0.5, k=10)
+    assert {res.space(0, r) for r in range(10)} == {Space.OLD, Space.NEW}

@@ -34,3 +34,35 @@ def test_unknown_strategy():
     with pytest.raises(ValueError, match="unknown strategy 'full'"):
         get_strategy("full")
     assert get_strategy("new").name == "new"
+
+
+def test_space_is_one_type_with_int_values_and_labels():
+    from backfill.strategies import Space
+
+    assert (Space.OLD, Space.NEW) == (0, 1) and (OLD_SPACE, NEW_SPACE) == (Space.OLD, Space.NEW)
+    assert [s.label for s in Space] == ["old", "new"]
+    assert all(isinstance(side.space, Space) for s in STRATEGIES.values() for side in s.sides_used)
+
+
+def test_full_is_a_documented_alias_of_rt_merge():
+    from backfill.strategies import ALIASES, resolve_strategy
+
+    full = resolve_strategy("full")
+    assert full.name == "full" and full.label == "full (rt_merge on transformed)"
+    assert full.sides(0.3) == get_strategy("rt_merge").sides(0.3)
+    assert ALIASES["full"].embed_variant == "full" and resolve_strategy("rank_merge") is STRATEGIES["rank_merge"]
+    with pytest.raises(ValueError, match="full_rho"):
+        resolve_strategy("nope")
+
+
+def test_runs_on_and_side_dimension_check():
+    import numpy as np
+
+    from backfill.embeddings import Embeddings
+
+    assert get_strategy("rt_merge").runs_on(("old", "new", "transformed"))
+    assert not get_strategy("rt_merge").runs_on(("old", "new"))
+    q = Embeddings(None, old=np.ones((1, 3)))
+    g = Embeddings(None, old=np.ones((2, 4)))
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        get_strategy("old").u.arrays(q, g)
