@@ -153,10 +153,10 @@ def evaluate_setting(suite: ModelSuite, images: np.ndarray, labels: np.ndarray, 
     ablation checkpoints exist and ``"_meta"`` (reference values, orders, sizes).
     """
     pts = curve_points() if points is None else np.asarray(points, dtype=np.float64)
+    centroids = old_class_centroids(suite, data, seed)  # first: it reads the train split, which may be missing
     variants = suite.embed(images, labels=labels, progress=progress)
     base = variants["base"]
     n = base.n
-    centroids = old_class_centroids(suite, data, seed)
     orders = {order.name: make_order(order.name, base, suite=suite, seed=seed, old_centroids=centroids)
               for order in ORDERS}
     costs = measure_query_cost(suite, images[0])
@@ -267,6 +267,7 @@ def reproduce(dataset: str, out: str | Path = "docs", data: str | None = None,
     if not chosen:
         raise FileNotFoundError(f"no trained setting under {root} (expected {root}/<setting>/old.pt)")
     test = load_dataset(dataset, "test", root=data)
+    load_dataset(dataset, "train", root=data)  # the old-class centroids need it: say so now, not minutes later
     results: dict[str, Any] = {}
     for setting in chosen:
         suite = ModelSuite.load(root / setting)

@@ -74,7 +74,7 @@ def test_truncated_idx_file_is_reported(tmp_path):
         data.read_idx(path)
 
 
-@pytest.mark.skipif(not data.DEBIAN_FASHION_MNIST.is_dir(), reason="needs apt package dataset-fashion-mnist")
+@pytest.mark.debian_fashion_mnist
 def test_debian_idx_matches_bundled_test_split():
     ds = load_dataset("fashion_mnist", "test")
     with np.load(data.FASHION_MNIST_BUNDLE) as z:

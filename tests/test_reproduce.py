@@ -52,6 +52,7 @@ def monkeypatch_module():
     mp.undo()
 
 
+@pytest.mark.debian_fashion_mnist
 def test_every_method_and_order_is_reported(results):
     rows = results[0]["homogeneous"]
     expected = {"new", "old", "offline", "new_partial", "bct", "rank_merge", "rt_merge", "full", "full_rho"}
@@ -66,6 +67,7 @@ def test_every_method_and_order_is_reported(results):
         assert 0.0 <= row["max_negative_flip"] <= 1.0
 
 
+@pytest.mark.debian_fashion_mnist
 def test_endpoints_follow_the_protocol(results):
     rows = results[0]["homogeneous"]
     meta = rows["_meta"]
@@ -78,12 +80,14 @@ def test_endpoints_follow_the_protocol(results):
     assert rows["new"]["relative_gain"] == pytest.approx(1.0)
 
 
+@pytest.mark.debian_fashion_mnist
 def test_ablation_rows_come_from_the_ablation_checkpoints(results):
     ablation = results[0]["homogeneous"]["_ablation"]
     assert set(ablation) == {"mc_joint", "mc_old"}
     assert ablation["mc_joint"]["map"] == results[0]["homogeneous"]["full"]["map"]
 
 
+@pytest.mark.debian_fashion_mnist
 def test_outputs_are_written_and_other_datasets_kept(results):
     _, out = results
     everything = json.loads((out / "results.json").read_text())
@@ -120,9 +124,23 @@ def test_partial_suite_reports_what_it_has(pretrained_root, tmp_path):
     assert "bct" not in costs and "full" not in costs and "rank_merge" in costs
 
 
+@pytest.mark.debian_fashion_mnist
 def test_model_cards_are_written_from_the_json_cards(results, pretrained_root):
     readme = (pretrained_root / "README.md").read_text()
     assert "## fashion_mnist / homogeneous" in readme
     assert "| old |" in readme and "| psi |" in readme
     for name in ("old.pt", "new.pt", "bct.pt", "psi_mc.pt", "ablation/psi_mc_old.pt"):
         assert f"`{name}`" in readme
+
+
+def test_missing_train_split_fails_fast_in_one_line(pretrained_root, tmp_path, capsys, monkeypatch):
+    import time
+
+    monkeypatch.setattr("backfill.data.DEBIAN_FASHION_MNIST", tmp_path / "not-installed")
+    monkeypatch.delenv("BACKFILL_FASHION_MNIST", raising=False)
+    start = time.perf_counter()
+    code = main(["reproduce", "--dataset", "fashion_mnist", "--pretrained", str(pretrained_root),
+                 "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "apt-get install dataset-fashion-mnist" in err
+    assert time.perf_counter() - start < 10  # before any embedding or curve

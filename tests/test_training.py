@@ -105,8 +105,7 @@ def test_subsample_and_class_count(learnable_cifar, tmp_path):
     assert res.card["training"]["train_images"] == 20 and res.card["classes"] == [0, 1, 2, 3]
 
 
-@pytest.mark.skipif(not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                    reason="needs apt package dataset-fashion-mnist")
+@pytest.mark.debian_fashion_mnist
 def test_cli_trains_fashion_mnist_cnn(tmp_path, capsys):
     out = tmp_path / "old.pt"
     rc = main(["train", "old", "--dataset", "fashion_mnist", "--subsample", "30", "--epochs", "3", "--width",
