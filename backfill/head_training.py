@@ -47,7 +47,7 @@ class HeadConfig:
     resolution: int = DEFAULT_RESOLUTION
     hidden: int = 512
     dim: int = 128
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 1e-4

@@ -43,7 +43,7 @@ case "$dataset" in
     # split in ~/.cache/backfill/features; the first stage that needs them computes them with a progress bar).
     d=pretrained/cifar100/homogeneous    # old Lite0 (classes 0-49) -> new Lite0 (all classes)
     h=pretrained/cifar100/heterogeneous  # old Lite0 (classes 0-49) -> new Lite2 (all classes)
-    lite0=(--backbone efficientnet_lite0 --flip); lite2=(--backbone efficientnet_lite2 --flip)
+    lite0=(--backbone efficientnet_lite0); lite2=(--backbone efficientnet_lite2)
     backbones() {
       train old "$d/old.pt" --classes 50 "${lite0[@]}"
       train new "$d/new.pt" "${lite0[@]}"

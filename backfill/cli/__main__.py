@@ -1,0 +1,7 @@
+"""``python -m backfill.cli``."""
+
+import sys
+
+from backfill.cli import main
+
+sys.exit(main())
