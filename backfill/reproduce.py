@@ -36,6 +36,7 @@ from .checkpoints import load_checkpoint
 from .data import load_dataset, per_class_indices, preprocess
 from .embeddings import Embeddings
 from .evaluation import Curve, curve_points, evaluate_curve
+from .inference import embed_dataset, embed_images
 from .methods import METHODS, ORDERS, Method, make_order
 from .ordering import (
     class_centroids,
@@ -43,7 +44,6 @@ from .ordering import (
 from .report import summarize_curve
 from .strategies import get_strategy
 from .suite import ModelSuite
-from .training import embed_dataset, embed_images
 from .transform_training import default_rho_path
 
 __all__ = ["SETTINGS", "ABLATION_VARIANTS", "evaluate_setting", "measure_query_cost", "old_class_centroids",

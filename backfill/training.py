@@ -23,7 +23,6 @@ Choices and why:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import sys
@@ -54,6 +53,7 @@ from .data import (
     subsample_per_class,
     to_tensor_uint8,
 )
+from .inference import autocast, embed_images
 from .models import CifarResNet, SmallCNN, extend_classifier
 
 __all__ = [
@@ -65,9 +65,6 @@ __all__ = [
     "set_seed",
     "configure_threads",
     "build_backbone",
-    "embed_images",
-    "embed_dataset",
-    "classify_accuracy",
     "train_backbone",
 ]
 
@@ -183,73 +180,6 @@ def build_backbone(arch: str, dataset: str, num_classes: int, depth: int = 8, wi
     raise ValueError(f"arch must be 'resnet' or 'cnn', got {arch!r}")
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def embed_images(model: nn.Module, images: np.ndarray | torch.Tensor, dataset: str, batch_size: int = 512,
-                 device: str | torch.device = "cpu", logits: bool = False,
-                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings of dataset images with ``model`` in eval mode, batched.
-
-    ``images``: uint8 ndarray ``(n, H, W, C)`` at the model's input size, or a uint8 tensor ``(n, C, H, W)``.
-    Returns float32 CPU tensor ``(n, d)`` (L2-normalised), and the logits ``(n, classes)`` when ``logits``.
-    """
-    device = torch.device(device)
-    x = to_tensor_uint8(images) if isinstance(images, np.ndarray) else images
-    was_training = model.training
-    model.eval()
-    embs, outs = [], []
-    for start in range(0, len(x), batch_size):
-        batch = normalize_uint8(x[start:start + batch_size].to(device), dataset)
-        with _autocast(device):
-            emb, out = model(batch)
-        embs.append(emb.float().cpu())
-        outs.append(out.float().cpu())
-    model.train(was_training)
-    emb = torch.cat(embs) if embs else torch.zeros(0, getattr(model, "embedding_dim", 0))
-    if logits:
-        return emb, (torch.cat(outs) if outs else torch.zeros(0, getattr(model, "num_classes", 0)))
-    return emb
-
-
-def embed_dataset(model: nn.Module, images: np.ndarray, dataset: str, *, batch_size: int = 512,
-                  device: str | torch.device = "cpu", logits: bool = False, progress: bool = False,
-                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """:func:`embed_images` of a whole dataset split; a head on a frozen pretrained backbone
-    (``models.PretrainedNet``) runs on the backbone's cached features of ``images`` instead of the images."""
-    if getattr(model, "spec", {}).get("arch") != "pretrained":
-        return embed_images(model, images, dataset, batch_size, device, logits)
-    from .backbones import dataset_features
-
-    backbone, feat_dataset, resolution = model.backbone_key
-    feats = torch.from_numpy(dataset_features(backbone, images, dataset=feat_dataset, resolution=resolution,
-                                              progress=progress))
-    was_training = model.training
-    model.eval()
-    embs, outs = [], []
-    with torch.no_grad():
-        for start in range(0, len(feats), 4096):
-            emb, out = model.forward_features(feats[start:start + 4096].to(device))
-            embs.append(emb.cpu())
-            outs.append(out.cpu())
-    model.train(was_training)
-    emb = torch.cat(embs)
-    return (emb, torch.cat(outs)) if logits else emb
-
-
-def classify_accuracy(model: nn.Module, ds: ImageDataset, batch_size: int = 512,
-                      device: str | torch.device = "cpu") -> float:
-    """Top-1 accuracy (0..1) of ``model``'s classifier on ``ds`` (no augmentation)."""
-    if len(ds) == 0:
-        return float("nan")
-    _, out = embed_images(model, ds.images, ds.name, batch_size, device, logits=True)
-    return float((out.argmax(1).numpy() == ds.labels).mean())
-
-
 def _prepare_data(cfg: TrainConfig, log) -> tuple[ImageDataset, ImageDataset, int]:
     train = load_dataset(cfg.dataset, "train", cfg.data, cfg.download)
     test = load_dataset(cfg.dataset, "test", cfg.data, cfg.download)
@@ -356,7 +286,7 @@ def train_backbone(config: TrainConfig, log=None) -> TrainResult:
             xb = normalize_uint8(augment_batch(x_all[idx], cfg.dataset, aug_gen), cfg.dataset)
             xb = xb.contiguous(memory_format=torch.channels_last)
             yb = y_all[idx]
-            with _autocast(device):
+            with autocast(device):
                 emb, logits = model(xb)
                 ce = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
                 loss = ce

@@ -26,9 +26,10 @@ from tqdm.auto import tqdm
 
 from backfill.checkpoints import load_checkpoint, save_checkpoint
 from backfill.data import ImageDataset, augment_batch, load_dataset, to_tensor_uint8
+from backfill.inference import embed_dataset, embed_images
 from backfill.losses import MC_DENOMINATORS, MetricCompatibleLoss, TransformRegressionLoss
 from backfill.models import EmbeddingHead, ReverseTransform
-from backfill.training import configure_threads, embed_dataset, embed_images, resolve_device
+from backfill.training import configure_threads, resolve_device
 
 __all__ = [
     "DEFAULT_TEMPERATURE",

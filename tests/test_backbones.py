@@ -22,8 +22,8 @@ from backfill.backbones import (
 from backfill.checkpoints import load_checkpoint, save_checkpoint
 from backfill.data import preprocess
 from backfill.head_training import HeadConfig, train_head
+from backfill.inference import embed_dataset
 from backfill.suite import ModelSuite
-from backfill.training import embed_dataset
 
 
 @pytest.fixture

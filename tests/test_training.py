@@ -10,7 +10,8 @@ import torch
 
 from backfill.checkpoints import card_path, load_checkpoint, resume_path
 from backfill.cli import main
-from backfill.training import TrainConfig, embed_images, train_backbone
+from backfill.inference import embed_images
+from backfill.training import TrainConfig, train_backbone
 
 
 @pytest.fixture(scope="module")

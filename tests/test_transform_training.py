@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from backfill.data import ImageDataset
+from backfill.inference import embed_images
 from backfill.models import SmallCNN
-from backfill.training import embed_images
 from backfill.transform_training import (
     TransformConfig,
     cache_features,
