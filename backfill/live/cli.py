@@ -1,0 +1,142 @@
+"""``backfill gallery load|backfill|status|export`` and ``backfill serve`` (imports are lazy: ``backfill --help``
+works without the ``serve`` extra, and a command that needs it says how to install it)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["add_commands"]
+
+_STORE_HELP = "a directory (embedded PostgreSQL started there) or a postgresql:// URI"
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Declare ``gallery`` and ``serve`` on the top-level sub-parsers of ``backfill``."""
+    g = sub.add_parser("gallery", help="a live gallery in PostgreSQL + pgvector: load, backfill, status, export",
+                       description="A gallery stored in PostgreSQL + pgvector, re-embedded by a resumable Ray "
+                       "Data job (needs the serve extra: pip install -e '.[serve]').")
+    gsub = g.add_subparsers(dest="gallery_command", required=True)
+
+    p = gsub.add_parser("load", help="create the gallery (old vectors, priorities, images) from a dataset split")
+    p.add_argument("--store", required=True, metavar="STORE", help=_STORE_HELP)
+    p.add_argument("--suite", required=True, metavar="DIR", help="model suite directory (old.pt, new.pt, ...)")
+    p.add_argument("--dataset", required=True, choices=["cifar100", "fashion_mnist"])
+    p.add_argument("--data", metavar="DIR", default=None, help="dataset directory (default: the usual places)")
+    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N items")
+    p.add_argument("--replace", action="store_true", help="overwrite an existing gallery")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_run_load)
+
+    p = gsub.add_parser("backfill", help="run or resume the re-embedding job (rerun the same command to resume)")
+    p.add_argument("--store", required=True, metavar="STORE", help=_STORE_HELP)
+    p.add_argument("--suite", required=True, metavar="DIR", help="model suite directory (its new model is used)")
+    p.add_argument("--order", choices=["random", "old_entropy"], default="random",
+                   help="random (seeded at load time) or old_entropy (uncertain items first)")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="model actors (one GPU each if present)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads per actor")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster address (ray://head:10001 or auto); default: a local Ray")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="stop after N more items")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_run_backfill)
+
+    p = gsub.add_parser("status", help="items, backfilled count and ratio")
+    p.add_argument("--store", required=True, metavar="STORE", help=_STORE_HELP)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_run_status)
+
+    p = gsub.add_parser("export", help="write EMB.npz: ids, labels, old, new (NaN where pending), backfilled")
+    p.add_argument("--store", required=True, metavar="STORE", help=_STORE_HELP)
+    p.add_argument("--out", required=True, metavar="EMB.npz")
+    p.set_defaults(handler=_run_export)
+
+    p = sub.add_parser("serve", help="HTTP search service over a live gallery (FastAPI; docs at /docs)",
+                       description="Answer searches with the online-backfilling methods while the job runs: "
+                       "GET /status, POST /search (multipart field image; k, method).")
+    p.add_argument("--store", required=True, metavar="STORE", help=_STORE_HELP)
+    p.add_argument("--suite", required=True, metavar="DIR", help="model suite directory")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--ann", action="store_true", help="search with HNSW indexes (iterative scan) if built")
+    p.set_defaults(handler=_run_serve)
+
+
+def _need_extra() -> None:
+    try:
+        import pgvector  # noqa: F401
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(f"live backfilling needs the serve extra ({exc.name} is missing): "
+                         "pip install -e '.[serve]'") from None
+
+
+def _run_load(args: argparse.Namespace) -> int:
+    _need_extra()
+    from backfill.live.gallery import load_gallery
+    from backfill.live.store import open_store
+    from backfill.suite import ModelSuite
+
+    suite = ModelSuite.load(args.suite)
+    store = open_store(args.store, create=True)
+    n = load_gallery(store, suite, dataset=args.dataset, split=args.split, data=args.data, limit=args.limit,
+                     replace=args.replace, progress=not args.no_progress)
+    print(f"{args.store}: gallery of {n} items loaded ({args.dataset} {args.split}), 0 backfilled")
+    store.close()
+    return 0
+
+
+def _run_backfill(args: argparse.Namespace) -> int:
+    _need_extra()
+    from backfill.live.job import run_job
+
+    r = run_job(args.store, args.suite, order=args.order, batch_size=args.batch_size, workers=args.workers,
+                ray_address=args.ray_address, limit=args.limit, threads=args.threads,
+                progress=not args.no_progress)
+    print(f"{args.store}: wrote {r.written} of {r.scheduled} scheduled items; "
+          f"{r.backfilled}/{r.total} backfilled ({100 * r.backfilled / max(r.total, 1):.1f}%)")
+    return 0
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    _need_extra()
+    from backfill.live.store import open_store
+
+    store = open_store(args.store)
+    s = store.status()
+    store.close()
+    if args.json:
+        print(json.dumps(s))
+    else:
+        print(f"{s['backfilled']}/{s['total']} backfilled ({100 * s['ratio']:.1f}%), job running: "
+              f"{'yes' if s['job_running'] else 'no'}, new model: {', '.join(s['models']) or '-'}")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    _need_extra()
+    from backfill.live.gallery import export_npz
+    from backfill.live.store import open_store
+
+    store = open_store(args.store)
+    arrays = export_npz(store, args.out)
+    store.close()
+    done = int(arrays["backfilled"].sum())
+    print(f"{args.out}: {arrays['ids'].size} items, {done} backfilled"
+          + ("" if done == arrays["ids"].size else " (new rows of pending items are NaN)"))
+    return 0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    _need_extra()
+    import uvicorn
+
+    from backfill.live.service import create_app
+
+    app = create_app(args.store, args.suite, ann=args.ann)
+    print(f"serving {args.store} on http://{args.host}:{args.port} (docs at /docs)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,196 @@
+"""The re-embedding job: pending ids from the store -> Ray Data actors (the new model) -> conditional writes.
+
+The store is the checkpoint: pending = not backfilled, each batch is written in one statement that sets the
+vector and the flag only where the item is still pending. After ``kill -9`` at any moment, rerunning the same
+command finishes the job; committed batches stay, the rest is pending again, and actors left running by a
+killed driver can only write what the new model computes, once (their late writes are no-ops). The driver
+holds the store's writer lock for its whole run, so a second job on the same store stops at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from backfill.live.store import ORDERS, StoreError, open_store
+
+__all__ = ["JobResult", "EmbedAndWrite", "run_job"]
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What one run did: items it handed to the actors, rows it wrote, and the store's state after it."""
+
+    scheduled: int
+    written: int
+    backfilled: int
+    total: int
+
+
+class EmbedAndWrite:
+    """Ray Data callable class (one per actor): holds the suite's new model and a store connection.
+
+    ``__call__`` takes a batch of ids, reads the still-pending ones' images, embeds them with the new model and
+    writes them conditionally. An unreadable image raises :class:`backfill.data.ImageLoadError` naming the item.
+    """
+
+    def __init__(self, uri: str, suite_dir: str, model: str, threads: int | None = None) -> None:
+        import torch
+
+        from backfill.live.store import PgVectorStore
+        from backfill.suite import ModelSuite
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.suite = ModelSuite.load(suite_dir, device="cuda" if torch.cuda.is_available() else "cpu")
+        self.store = PgVectorStore(uri)
+        self.model = model
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from backfill.data import ImageLoadError, load_image
+        from backfill.live.gallery import embed_new
+
+        ids = np.asarray(batch["data"], dtype=np.int64)  # from_numpy names the column "data"
+        rows = self.store.pending_images(ids)  # already-written items (a replay after a kill) are skipped
+        written = 0
+        if rows:
+            images = []
+            for item, data in rows:
+                try:
+                    images.append(load_image(data))
+                except ImageLoadError as exc:
+                    raise ImageLoadError(f"gallery item {item}: {exc}") from None
+            vectors = embed_new(self.suite, images)
+            written = self.store.write_new(np.array([r[0] for r in rows]), vectors, model=self.model)
+        return {"seen": np.array([len(ids)]), "written": np.array([written])}
+
+
+def _image_error(exc: BaseException) -> str | None:
+    """The message of an ImageLoadError somewhere in a (Ray-wrapped) exception, if any."""
+    from backfill.data import ImageLoadError
+
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ImageLoadError):
+            return str(e).strip().splitlines()[-1]
+        stack += [e.__cause__, e.__context__]
+    text = str(exc)
+    marker = "ImageLoadError: "
+    if marker in text:  # Ray sometimes only carries the remote traceback text
+        return text.split(marker, 1)[1].strip().splitlines()[0]
+    return None
+
+
+def _init_ray(address: str | None, workers: int) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return
+    # Local: keep every Ray address on loopback (live-backfill-notes.md) and start only what the job needs.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False,
+             configure_logging=True, logging_level="ERROR")
+    import logging
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+def run_job(store: str, suite_dir: str, *, order: str = "random", batch_size: int = 256, workers: int = 1,
+            ray_address: str | None = None, limit: int | None = None, threads: int | None = None,
+            progress: bool = True) -> JobResult:
+    """Run (or resume) the backfill of ``store`` with the suite in ``suite_dir``.
+
+    Parameters
+    ----------
+    store : ``postgresql://`` URI or embedded-store directory.
+    order : ``random`` (seeded at load time) or ``old_entropy`` (uncertain items first).
+    batch_size, workers : items per batch, number of actors (one GPU each when GPUs are present).
+    ray_address : a Ray cluster (``ray://host:10001`` or ``auto``); default a local Ray.
+    limit : stop after this many more items (demos, tests).
+    threads : torch threads per actor (default: torch's choice).
+    """
+    from tqdm.auto import tqdm
+
+    from backfill.live.gallery import check_suite, model_tag
+    from backfill.suite import ModelSuite
+
+    if order not in ORDERS:
+        raise StoreError(f"unknown order {order!r}; expected one of {', '.join(ORDERS)}")
+    for name, value in (("--batch-size", batch_size), ("--workers", workers)):
+        if value < 1:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"--limit must be >= 0, got {limit}")
+    gallery = open_store(store)
+    suite = ModelSuite.load(suite_dir)
+    meta = check_suite(gallery, suite)
+    tag = model_tag(suite.cards["new"])
+    others = [m for m in gallery.status()["models"] if m != tag]
+    if others:
+        raise StoreError(f"the store already holds new vectors of {', '.join(others)}, not of this suite's new "
+                         f"model {tag}; finish that backfill with its suite or reload the gallery")
+    if meta.get("new_model") and meta["new_model"] != tag:
+        print(f"note: the gallery was loaded with new model {meta['new_model']}; backfilling with {tag}",
+              file=sys.stderr)
+    with gallery.writer_lock():
+        pending = gallery.pending_ids(order=order, limit=limit)
+        written = 0
+        if pending.size:
+            written = _run_ray(gallery.uri, str(suite_dir), tag, pending, batch_size=batch_size,
+                               workers=workers, ray_address=ray_address, threads=threads,
+                               bar=lambda: tqdm(total=int(pending.size), desc="backfill", unit="item",
+                                                unit_scale=True, disable=not progress, smoothing=0.1))
+        status = gallery.status()
+    gallery.close()
+    return JobResult(int(pending.size), written, status["backfilled"], status["total"])
+
+
+def _run_ray(uri: str, suite_dir: str, tag: str, pending: np.ndarray, *, batch_size: int, workers: int,
+             ray_address: str | None, threads: int | None, bar: Callable[[], Any]) -> int:
+    import ray
+    import ray.data
+
+    _init_ray(ray_address, workers)
+    # One block per batch, so that every actor gets work and progress is reported batch by batch.
+    blocks = [pending[i:i + batch_size] for i in range(0, pending.size, batch_size)]
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = False
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    # from_numpy of a list: one block per batch, column "data" (the ids).
+    ds = ray.data.from_numpy(blocks).map_batches(
+        EmbedAndWrite, fn_constructor_args=(uri, suite_dir, tag, threads), batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus, num_cpus=0 if gpus else 1,
+        batch_format="numpy")
+    written = 0
+    try:
+        with bar() as bar:  # made after Ray is up, so items/s and ETA measure the work
+            for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                bar.update(int(out["seen"].sum()))
+                written += int(out["written"].sum())
+    except Exception as exc:
+        message = _image_error(exc)
+        if message is not None:
+            from backfill.data import ImageLoadError
+
+            raise ImageLoadError(message) from None
+        raise
+    finally:
+        if not ray_address:
+            ray.shutdown()
+    return written
+

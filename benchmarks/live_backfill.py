@@ -1,0 +1,311 @@
+"""Live backfilling on this machine: job throughput against the model alone, search latency idle and during
+the job, and the store alone at a synthetic scale (exact and HNSW with recall).
+
+    nice -n 10 python benchmarks/live_backfill.py                  # Fashion-MNIST train+test (70,000 items)
+    nice -n 10 python benchmarks/live_backfill.py --synthetic 1000000 --hnsw 100000
+
+Parts:
+1. model alone: the same images (PNG bytes in memory), decoded and embedded by the new model with the same
+   batch size, process count and torch threads as the job, no store, no Ray;
+2. the job (`backfill gallery backfill`) on the first half of the gallery with nothing else running: steady
+   items/s from the first to the last write seen in the store (and wall time with Ray's start-up);
+3. search latency through the HTTP service (`backfill serve`, method full, k=10): idle, then while the job
+   backfills the second half;
+4. the store alone on random unit vectors: exact search (both sides, half backfilled) at --synthetic items,
+   and HNSW (iterative scan) at --hnsw items with recall@10 against exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ROOT / "pretrained" / "fashion_mnist" / "homogeneous"
+
+
+def _pct(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values) * 1e3
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
+
+
+def load_fashion_mnist(store, suite, *, progress: bool = True) -> list[bytes]:
+    """Train (ids 0..59999) + test (60000..69999) into ``store``; returns the PNG bytes in id order."""
+    from backfill.data import load_dataset
+    from backfill.live.gallery import encode_image, model_tag
+    from backfill.ordering import random_order
+
+    parts = [load_dataset("fashion_mnist", split) for split in ("train", "test")]
+    images = np.concatenate([p.images for p in parts])
+    labels = np.concatenate([p.labels for p in parts])
+    n = len(images)
+    store.create(d_old=128, d_new=128, replace=True,
+                 meta={"dataset": "fashion_mnist", "split": "train+test",
+                       "old_model_sha256": suite.cards["old"]["weights_sha256"],
+                       "new_model": model_tag(suite.cards["new"])})
+    rank = np.empty(n, dtype=np.int64)
+    rank[random_order(n, seed=0)] = np.arange(n)
+    pngs: list[bytes] = []
+    for start in range(0, n, 5000):
+        stop = min(start + 5000, n)
+        old = suite.embed_arrays(images[start:stop], batch_size=500)["old"]
+        batch_png = [encode_image(im) for im in images[start:stop]]
+        pngs += batch_png
+        store.add_items(ids=np.arange(start, stop), labels=labels[start:stop],
+                        refs=[f"fashion_mnist/{'train' if i < 60000 else 'test'}/{i % 60000}"
+                              for i in range(start, stop)],
+                        images=batch_png, old=old, priority=suite.old_entropy_priority(old),
+                        random_rank=rank[start:stop])
+        if progress:
+            print(f"  loaded {stop}/{n}", file=sys.stderr)
+    store.set_meta("loaded", True)
+    return pngs
+
+
+def _model_worker(args: tuple) -> float:
+    """Decode + embed a share of the images with the new model; returns its seconds (model load excluded)."""
+    pngs, batch_size, threads, barrier = args
+    import torch
+
+    from backfill.data import load_image
+    from backfill.live.gallery import embed_new
+    from backfill.suite import ModelSuite
+
+    torch.set_num_threads(threads)
+    suite = ModelSuite.load(SUITE)
+    barrier.wait()
+    t = time.perf_counter()
+    for i in range(0, len(pngs), batch_size):
+        embed_new(suite, [load_image(p) for p in pngs[i:i + batch_size]])
+    return time.perf_counter() - t
+
+
+def model_alone(pngs: list[bytes], *, workers: int, batch_size: int, threads: int) -> float:
+    """Items/s of the new model alone in ``workers`` processes (same batching as the job)."""
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(workers)
+        shares = [pngs[w::workers] for w in range(workers)]
+        with ctx.Pool(workers) as pool:
+            seconds = pool.map(_model_worker, [(s, batch_size, threads, barrier) for s in shares])
+    return len(pngs) / max(seconds)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _search_loop(client, png: bytes, *, stop, interval: float = 0.0) -> list[float]:
+    lat = []
+    while not stop():
+        t = time.perf_counter()
+        r = client.post("/search", params={"k": 10, "method": "full"}, files={"image": ("q.png", png, "image/png")})
+        lat.append(time.perf_counter() - t)
+        assert r.status_code == 200, r.text
+        if interval:
+            time.sleep(interval)
+    return lat
+
+
+def run_job(store_dir: Path, *, limit: int | None, workers: int, batch_size: int, threads: int, store,
+            during=None) -> dict:
+    """Run the job CLI; poll the store for its steady rate; ``during()`` runs meanwhile (returns its result)."""
+    cmd = [sys.executable, "-m", "backfill.cli", "gallery", "backfill", "--store", str(store_dir), "--suite",
+           str(SUITE), "--workers", str(workers), "--batch-size", str(batch_size), "--threads", str(threads),
+           "--no-progress"] + (["--limit", str(limit)] if limit else [])
+    start_done = store.status()["backfilled"]
+    t0 = time.perf_counter()
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    samples = []
+    result = None
+    if during is not None:
+        import threading
+
+        box = {}
+        th = threading.Thread(target=lambda: box.setdefault("r", during(lambda: job.poll() is not None)))
+        th.start()
+    while job.poll() is None:
+        samples.append((time.perf_counter(), store.status()["backfilled"]))
+        time.sleep(0.25)
+    wall = time.perf_counter() - t0
+    out, err = job.communicate()
+    if job.returncode != 0:
+        raise RuntimeError(f"job failed: {err[-2000:]}")
+    samples.append((time.perf_counter(), store.status()["backfilled"]))
+    if during is not None:
+        th.join()
+        result = box.get("r")
+    moving = [(t, d) for t, d in samples if d > start_done]
+    first = next(((t, d) for t, d in samples if d > start_done), None)
+    last = next((s for s in moving if s[1] == moving[-1][1]), moving[-1])  # first time the final count is seen
+    steady = (last[1] - first[1]) / max(last[0] - first[0], 1e-9)
+    return {"items": samples[-1][1] - start_done, "wall": wall, "steady": steady, "during": result}
+
+
+def synthetic(n: int, *, hnsw: bool, queries: int = 30, seed: int = 0) -> dict:
+    """The store alone: n random unit vectors (128-d both spaces), half backfilled; exact (and HNSW) search."""
+    from backfill.live.store import open_store
+
+    rng = np.random.default_rng(seed)
+    tmp = Path(tempfile.mkdtemp(prefix="live_bench_syn"))
+    store = open_store(tmp / "store", create=True)
+    store.create(d_old=128, d_new=128, meta={"dataset": "synthetic"}, replace=True)
+    t = time.perf_counter()
+    chunk = 50_000
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        old = rng.standard_normal((stop - start, 128), dtype=np.float32)
+        old /= np.linalg.norm(old, axis=1, keepdims=True)
+        store.add_items(ids=np.arange(start, stop), labels=np.zeros(stop - start, np.int64),
+                        refs=[""] * (stop - start), images=[b""] * (stop - start), old=old,
+                        priority=np.zeros(stop - start), random_rank=np.arange(start, stop))
+    load_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for start in range(0, n // 2, chunk):
+        stop = min(start + chunk, n // 2)
+        new = rng.standard_normal((stop - start, 128), dtype=np.float32)
+        new /= np.linalg.norm(new, axis=1, keepdims=True)
+        store.write_new(np.arange(start, stop), new, model="synthetic")
+    write_rate = (n // 2) / (time.perf_counter() - t)
+    store.conn.execute("VACUUM ANALYZE backfill.gallery")
+    qs = rng.standard_normal((queries, 2, 128), dtype=np.float32)
+    qs /= np.linalg.norm(qs, axis=2, keepdims=True)
+
+    def run(ann: bool) -> tuple[list[float], list[list[int]]]:
+        store.ann = ann
+        lat, ids = [], []
+        for q in qs:
+            t0 = time.perf_counter()
+            res = store.search(method="full", k=10, q_new=q[0], q_old=q[1])
+            lat.append(time.perf_counter() - t0)
+            ids.append([h.id for h in res.hits])
+        return lat, ids
+
+    run(False)  # warm the cache
+    exact_lat, exact_ids = run(False)
+    out = {"n": n, "load_s": load_s, "write_rate": write_rate, "exact": _pct(exact_lat)}
+    if hnsw:
+        t = time.perf_counter()
+        store.build_hnsw()
+        out["hnsw_build_s"] = time.perf_counter() - t
+        run(True)
+        ann_lat, ann_ids = run(True)
+        out["hnsw"] = _pct(ann_lat)
+        out["recall"] = float(np.mean([len(set(a) & set(e)) / 10 for a, e in zip(ann_ids, exact_ids, strict=True)]))
+        # Write cost with the indexes maintained (the backfill's main risk at scale, live-backfill-notes.md).
+        t = time.perf_counter()
+        m = min(5000, n // 2)
+        new = rng.standard_normal((m, 128), dtype=np.float32)
+        new /= np.linalg.norm(new, axis=1, keepdims=True)
+        for start in range(0, m, 500):
+            store.write_new(np.arange(n // 2 + start, n // 2 + start + 500), new[start:start + 500], model="synthetic")
+        out["write_rate_hnsw"] = m / (time.perf_counter() - t)
+    store.close()
+    server = store.server
+    if server is not None:
+        server.cleanup()
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (job actors and baseline)")
+    p.add_argument("--searches", type=int, default=300, help="idle searches")
+    p.add_argument("--synthetic", type=int, default=1_000_000, help="store-alone items (0: skip)")
+    p.add_argument("--hnsw", type=int, default=100_000, help="store-alone items for the HNSW part (0: skip)")
+    p.add_argument("--skip-gallery", action="store_true", help="only the store-alone part")
+    args = p.parse_args()
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    rows = []
+    if not args.skip_gallery:
+        import httpx
+
+        from backfill.live.store import open_store
+        from backfill.suite import ModelSuite
+
+        suite = ModelSuite.load(SUITE)
+        store_dir = Path(tempfile.mkdtemp(prefix="live_bench")) / "store"
+        store = open_store(store_dir, create=True)
+        print("loading Fashion-MNIST train+test...", file=sys.stderr)
+        pngs = load_fashion_mnist(store, suite)
+        n = len(pngs)
+        print("model alone...", file=sys.stderr)
+        base = model_alone(pngs[: n // 2], workers=args.workers, batch_size=args.batch_size, threads=args.threads)
+        print("job, first half...", file=sys.stderr)
+        job = run_job(store_dir, limit=n // 2, workers=args.workers, batch_size=args.batch_size,
+                      threads=args.threads, store=store)
+        port = _free_port()
+        server = subprocess.Popen([sys.executable, "-m", "backfill.cli", "serve", "--store", str(store_dir),
+                                   "--suite", str(SUITE), "--port", str(port)], stderr=subprocess.DEVNULL)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+        for _ in range(600):
+            try:
+                if client.get("/status").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        png = pngs[-1]
+        count = iter(range(args.searches + 20))
+        idle = _search_loop(client, png, stop=lambda: next(count, None) is None)[20:]
+        print("job, second half with searches...", file=sys.stderr)
+        job2 = run_job(store_dir, limit=None, workers=args.workers, batch_size=args.batch_size,
+                       threads=args.threads, store=store,
+                       during=lambda stop: _search_loop(client, png, stop=stop, interval=0.02))
+        client.close()
+        server.terminate()
+        server.wait(30)
+        # Drop the first second of the during-job samples (Ray start-up, no writes yet, is not "during").
+        during = job2["during"]
+        rows += [
+            ("gallery items", f"{n:,}", ""),
+            (f"new model alone ({args.workers} proc x {args.threads} thread, batch {args.batch_size}), items/s",
+             f"{base:,.0f}", "baseline"),
+            ("job steady items/s (Ray Data actors, store reads + conditional writes)", f"{job['steady']:,.0f}",
+             f"{100 * job['steady'] / base:.0f}% of the model alone"),
+            ("job wall time incl. Ray start-up, first half", f"{job['wall']:.1f} s",
+             f"{job['items'] / job['wall']:,.0f} items/s end to end"),
+            ("search p50 / p99 idle (HTTP, full, k=10)", "{:.1f} / {:.1f} ms".format(*_pct(idle)),
+             f"{len(idle)} searches"),
+            ("search p50 / p99 during the job", "{:.1f} / {:.1f} ms".format(*_pct(during)),
+             f"{len(during)} searches; job meanwhile {job2['steady']:,.0f} items/s"),
+        ]
+        store.close()
+        if store.server is not None:
+            store.server.cleanup()
+    for n_syn, hnsw in ((args.synthetic, False), (args.hnsw, True)):
+        if not n_syn:
+            continue
+        print(f"store alone, {n_syn:,} synthetic items{' + HNSW' if hnsw else ''}...", file=sys.stderr)
+        s = synthetic(n_syn, hnsw=hnsw)
+        rows += [(f"store alone {n_syn:,}: COPY load, new-vector writes/s (no vector index)",
+                  f"{s['load_s']:.0f} s, {s['write_rate']:,.0f}/s", ""),
+                 (f"store alone {n_syn:,}: exact search p50 / p99 (both sides, half backfilled)",
+                  "{:.0f} / {:.0f} ms".format(*s["exact"]), "")]
+        if hnsw:
+            rows += [(f"store alone {n_syn:,}: HNSW build, search p50 / p99, recall@10 vs exact",
+                      f"{s['hnsw_build_s']:.0f} s, " + "{:.1f} / {:.1f} ms".format(*s["hnsw"]) +
+                      f", {s['recall']:.3f}", "iterative scan, ef_search 100"),
+                     (f"store alone {n_syn:,}: new-vector writes/s with HNSW maintained",
+                      f"{s['write_rate_hnsw']:,.0f}/s", "")]
+    print(f"\nmachine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end\n")
+    print("| measure | value | note |\n|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The pgvector gallery store and the `backfill gallery` commands that need no Ray: loading, refusals and the
+one-line errors, conditional writes, one-snapshot searches."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from _live_support import SUITE, cli_in_process, requires_serve, stop_embedded
+
+pytestmark = requires_serve
+
+N = 300
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("live_store") / "store"
+    from backfill.cli import main
+
+    assert main(["gallery", "load", "--store", str(path), "--suite", str(SUITE), "--dataset", "fashion_mnist",
+                 "--limit", str(N), "--no-progress"]) == 0
+    yield path
+    stop_embedded(path)
+
+
+@pytest.fixture(scope="module")
+def store(store_dir):
+    from backfill.live.store import open_store
+
+    s = open_store(store_dir)
+    yield s
+    s.close()
+
+
+def test_status_json_reports_the_loaded_gallery(store_dir, capsys):
+    rc, out, _ = cli_in_process(capsys, "gallery", "status", "--store", str(store_dir), "--json")
+    assert rc == 0
+    status = json.loads(out)
+    assert status["total"] == N and status["d_old"] == 128 and status["d_new"] == 128
+    assert status["backfilled"] + status["pending"] == N and not status["job_running"]
+
+
+def test_load_into_existing_gallery_needs_replace(store_dir, capsys):
+    rc, _, err = cli_in_process(capsys, "gallery", "load", "--store", str(store_dir), "--suite", str(SUITE),
+                                "--dataset", "fashion_mnist", "--limit", "10", "--no-progress")
+    assert rc == 2
+    assert err.strip().count("\n") == 0 and f"already holds a gallery ({N} items)" in err and "--replace" in err
+
+
+def test_unreachable_store_is_one_line(capsys):
+    rc, _, err = cli_in_process(capsys, "gallery", "status", "--store", "postgresql://postgres@127.0.0.1:9/none")
+    assert rc == 2
+    assert err.startswith("backfill gallery: error: cannot reach the gallery store") and err.count("\n") == 1
+
+
+def test_missing_store_directory_is_one_line(tmp_path, capsys):
+    rc, _, err = cli_in_process(capsys, "gallery", "status", "--store", str(tmp_path / "nothing"))
+    assert rc == 2 and "no gallery store in" in err and err.count("\n") == 1
+
+
+def test_second_writer_is_refused(store_dir, store, capsys):
+    with store.writer_lock():
+        assert store.status()["job_running"]
+        rc, _, err = cli_in_process(capsys, "gallery", "backfill", "--store", str(store_dir), "--suite", str(SUITE))
+    assert rc == 2
+    assert "another backfill job is writing to this store (one writer at a time)" in err and err.count("\n") == 1
+    assert not store.status()["job_running"]
+
+
+def test_suite_with_other_dims_is_refused(tmp_path, capsys):
+    from backfill.live.service import create_app
+    from backfill.live.store import StoreError, open_store
+
+    path = tmp_path / "other"
+    other = open_store(path, create=True)
+    try:
+        other.create(d_old=7, d_new=9, meta={"dataset": "fashion_mnist"})
+        other.set_meta("loaded", True)
+        rc, _, err = cli_in_process(capsys, "gallery", "backfill", "--store", str(path), "--suite", str(SUITE))
+        assert rc == 2 and err.count("\n") == 1
+        assert "embed into 128 (old) / 128 (new) dims, but the store holds 7 / 9-dim vectors" in err
+        with pytest.raises(StoreError, match="7 / 9-dim"):
+            create_app(path, SUITE)
+    finally:
+        other.close()
+        stop_embedded(path)
+
+
+def test_writes_are_conditional_and_searches_consistent(store):
+    """A replayed batch writes nothing; every method returns unique ids, sorted scores, the right spaces."""
+    before = store.status()["backfilled"]
+    ids = store.pending_ids(order="old_entropy", limit=40)
+    assert ids.size == 40
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(40, 128)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    assert store.write_new(ids, vecs, model="test") == 40
+    assert store.write_new(ids, -vecs, model="again") == 0  # already backfilled: untouched
+    assert store.status()["backfilled"] == before + 40
+    exported = store.export()
+    assert np.allclose(exported["new"][ids], vecs, atol=1e-6)
+    assert int(exported["backfilled"].sum()) == before + 40
+    assert set(np.flatnonzero(~exported["backfilled"])).isdisjoint(ids.tolist())
+    q_new, q_old = vecs[0], exported["old"][5]
+    for method in ("full", "rank_merge", "old", "new_partial"):
+        res = store.search(method=method, k=25, q_new=q_new, q_old=q_old)
+        got = [h.id for h in res.hits]
+        scores = [h.score for h in res.hits]
+        assert len(got) == len(set(got)) == 25 and scores == sorted(scores, reverse=True)
+        spaces = {h.space for h in res.hits}
+        done = set(np.flatnonzero(exported["backfilled"]).tolist())
+        if method == "old":
+            assert spaces == {"old"}
+        elif method == "new_partial":
+            assert spaces == {"new"} and set(got) <= done
+        else:
+            assert all((h.space == "new") == (h.id in done) for h in res.hits)
+    top = store.search(method="new_partial", k=1, q_new=q_new, q_old=None).hits[0]
+    assert top.id == ids[0] and top.score == pytest.approx(1.0, abs=1e-5)
