@@ -31,9 +31,9 @@ _FASHION_MNIST_DEB = Path("/usr/share/datasets/fashion-mnist")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``debian_fashion_mnist`` read Fashion-MNIST from Debian's package (the train split is not
-    bundled): where it is missing they skip, saying so in one line. ``.ci/run`` installs it and sets BACKFILL_REQUIRE_DATA=1, so
-    there they always run (a missing package fails them instead of skipping them)."""
+    """Tests marked ``debian_fashion_mnist`` read Fashion-MNIST from Debian's package (its train split is not
+    bundled): where it is missing they skip, saying so in one line. ``.ci/run`` installs it and sets
+    BACKFILL_REQUIRE_DATA=1, so there they always run (a missing package fails them, never skips them)."""
     if _FASHION_MNIST_DEB.is_dir() or os.environ.get("BACKFILL_REQUIRE_DATA"):
         return
     skip = pytest.mark.skip(reason="needs Fashion-MNIST from Debian: apt-get install dataset-fashion-mnist")
