@@ -8,7 +8,7 @@ tensors in the same order with the same shapes, so :func:`map_wheel_state_dict` 
 and checks every shape (a test checks that both implementations give identical logits).
 
 Input path: a dataset-normalised image batch ``(n, 3, 32, 32)`` (the one preprocessing path of
-:func:`backfill.data.preprocess`, shared by uploads and the gallery) is un-normalised, upsampled to
+:func:`backfill.images.preprocess`, shared by uploads and the gallery) is un-normalised, upsampled to
 ``resolution`` px (bilinear) and normalised as the TF-Lite models expect (``(x - 0.5) / 0.5``). Output:
 the globally pooled 1280-d features, in eval mode, without gradients.
 
@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backfill.data import get_spec, normalize_uint8, to_tensor_uint8
+from backfill.datasets import get_spec
+from backfill.images import normalize_uint8, to_tensor_uint8
 from backfill.models import _Backbone
 
 __all__ = [

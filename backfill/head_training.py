@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from backfill.backbones import BACKBONES, DEFAULT_RESOLUTION, PretrainedNet, dataset_features, load_backbone
 from backfill.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from backfill.data import get_spec, load_dataset
+from backfill.datasets import get_spec, load_dataset
 from backfill.inference import embed_dataset
 from backfill.models import extend_classifier
 from backfill.training import KINDS, TrainResult, configure_threads, resolve_device, set_seed

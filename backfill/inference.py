@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from backfill.data import normalize_uint8, to_tensor_uint8
+from backfill.images import normalize_uint8, to_tensor_uint8
 
 __all__ = ["autocast", "embed_images", "embed_dataset"]
 

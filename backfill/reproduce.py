@@ -33,9 +33,10 @@ import torch
 from tqdm import tqdm
 
 from .checkpoints import load_checkpoint
-from .data import load_dataset, per_class_indices, preprocess
+from .datasets import load_dataset, per_class_indices
 from .embeddings import Embeddings
 from .evaluation import Curve, curve_points, evaluate_curve
+from .images import preprocess
 from .inference import embed_dataset, embed_images
 from .methods import METHODS, ORDERS, Method, make_order
 from .ordering import (

@@ -28,8 +28,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from backfill.checkpoints import CheckpointError, load_checkpoint
-from backfill.data import preprocess
 from backfill.embeddings import Embeddings
+from backfill.images import preprocess
 from backfill.methods import METHODS, VARIANTS, Method  # re-exported: the suite's methods
 from backfill.ordering import classifier_entropy_priority
 
@@ -179,7 +179,7 @@ class ModelSuite:
 
         Keys (present when their models are): ``old``, ``new``, ``bct``, ``transformed`` (psi_regression of
         new), ``transformed_mc`` (psi_mc of new), ``new_rho`` (rho_mc of new), ``transformed_mc_rho``
-        (psi_mc_rho of new_rho). Each batch is preprocessed once (:func:`backfill.data.preprocess`) and fed
+        (psi_mc_rho of new_rho). Each batch is preprocessed once (:func:`backfill.images.preprocess`) and fed
         to every backbone; the heads run on the new embedding. Frozen pretrained backbones run once per
         batch whatever the number of heads on them; for a dataset array (a gallery or split) their features
         come from the disk cache (``backbones.dataset_features``, computed once; ``on_progress(done, total,
@@ -236,7 +236,7 @@ class ModelSuite:
         Parameters
         ----------
         images : uint8 ndarray ``(n, H, W[, C])`` or a list of PIL images / paths / bytes (the same
-            preprocessing path as uploads, :func:`backfill.data.preprocess`).
+            preprocessing path as uploads, :func:`backfill.images.preprocess`).
         labels : int64 ``(n,)``; ``None`` (unlabelled uploads): all -1 ("unknown", never relevant).
         batch_size, progress : batching and a tqdm bar.
 
@@ -327,7 +327,7 @@ def embed_split(
     Returns ``(out path, reused)``. Raises ``ValueError`` when the suite is for another dataset or lacks
     the models the variant needs.
     """
-    from backfill.data import load_dataset
+    from backfill.datasets import load_dataset
     from backfill.training import resolve_device
 
     if variant not in VARIANTS:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .augmentation import augment_batch
 from .checkpoints import (
     CheckpointError,
     load_checkpoint,
@@ -43,16 +44,8 @@ from .checkpoints import (
     save_checkpoint,
     save_resume,
 )
-from .data import (
-    ImageDataset,
-    augment_batch,
-    get_spec,
-    load_dataset,
-    normalize_uint8,
-    select_classes,
-    subsample_per_class,
-    to_tensor_uint8,
-)
+from .datasets import ImageDataset, get_spec, load_dataset, select_classes, subsample_per_class
+from .images import normalize_uint8, to_tensor_uint8
 from .inference import autocast, embed_images
 from .models import CifarResNet, SmallCNN, extend_classifier
 

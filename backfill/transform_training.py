@@ -24,8 +24,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from backfill.augmentation import augment_batch
 from backfill.checkpoints import load_checkpoint, save_checkpoint
-from backfill.data import ImageDataset, augment_batch, load_dataset, to_tensor_uint8
+from backfill.datasets import ImageDataset, load_dataset
+from backfill.images import to_tensor_uint8
 from backfill.inference import embed_dataset, embed_images
 from backfill.losses import MC_DENOMINATORS, MetricCompatibleLoss, TransformRegressionLoss
 from backfill.models import EmbeddingHead, ReverseTransform

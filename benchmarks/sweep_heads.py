@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from backfill.backbones import PretrainedNet, dataset_features
-from backfill.data import load_dataset, per_class_indices
+from backfill.datasets import load_dataset, per_class_indices
 from backfill.embeddings import Embeddings
 from backfill.evaluation import evaluate_curve
 from backfill.ordering import random_order

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from backfill.checkpoints import load_checkpoint
-from backfill.data import load_dataset
+from backfill.datasets import load_dataset
 from backfill.embeddings import Embeddings
 from backfill.evaluation import evaluate_curve
 from backfill.metrics import area_under_curve, relative_gain

@@ -20,8 +20,8 @@ from backfill.backbones import (
     map_wheel_state_dict,
 )
 from backfill.checkpoints import load_checkpoint, save_checkpoint
-from backfill.data import preprocess
 from backfill.head_training import HeadConfig, train_head
+from backfill.images import preprocess
 from backfill.inference import embed_dataset
 from backfill.suite import ModelSuite
 

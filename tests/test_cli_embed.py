@@ -11,7 +11,7 @@ import torch
 
 from backfill.checkpoints import save_checkpoint
 from backfill.cli import main
-from backfill.data import FASHION_MNIST_CLASSES
+from backfill.datasets import FASHION_MNIST_CLASSES
 from backfill.embeddings import Embeddings
 from backfill.models import SmallCNN
 from backfill.suite import ModelSuite, inputs_path
@@ -101,7 +101,7 @@ def test_embed_writes_the_evaluate_format_and_caches(suite_dir, data_dir, tmp_pa
 
 
 def _test_images(data_dir):
-    from backfill.data import load_dataset
+    from backfill.datasets import load_dataset
 
     return load_dataset("fashion_mnist", "test", data_dir).images
 

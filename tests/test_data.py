@@ -12,19 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from backfill import data
-from backfill.data import (
-    DatasetNotFoundError,
-    ImageDataset,
-    ImageLoadError,
-    augment_batch,
-    load_dataset,
-    load_image,
-    normalize_uint8,
-    preprocess,
-    select_classes,
-    subsample_per_class,
-)
+from backfill import datasets, images
+from backfill.augmentation import augment_batch
+from backfill.datasets import DatasetNotFoundError, ImageDataset, load_dataset, select_classes, subsample_per_class
+from backfill.images import ImageLoadError, load_image, normalize_uint8, preprocess
 
 
 # ------------------------------------------------------------------------------------------------ loaders
@@ -71,20 +62,20 @@ def test_truncated_idx_file_is_reported(tmp_path):
     with gzip.open(path, "wb") as f:
         f.write(bytes([0, 0, 8, 1]) + struct.pack(">I", 10) + b"abc")
     with pytest.raises(ValueError, match="truncated"):
-        data.read_idx(path)
+        datasets.read_idx(path)
 
 
 @pytest.mark.debian_fashion_mnist
 def test_debian_idx_matches_bundled_test_split():
     ds = load_dataset("fashion_mnist", "test")
-    with np.load(data.FASHION_MNIST_BUNDLE) as z:
+    with np.load(datasets.FASHION_MNIST_BUNDLE) as z:
         assert np.array_equal(z["images"], ds.images[..., 0])
         assert np.array_equal(z["labels"], ds.labels)
         assert [str(c) for c in z["class_names"]] == ds.class_names
 
 
 def test_bundle_serves_test_split_when_idx_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "none")
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp_path / "none")
     monkeypatch.delenv("BACKFILL_FASHION_MNIST", raising=False)
     ds = load_dataset("fashion_mnist", "test")
     assert ds.images.shape == (10000, 28, 28, 1) and ds.source.endswith("fashion_mnist_test.npz")
@@ -181,7 +172,7 @@ def _png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
 def test_preprocess_any_mode(mode, dataset):
     image = Image.new(mode, (40, 30))
     out = preprocess([image], dataset)
-    spec = data.DATASETS[dataset]
+    spec = datasets.DATASETS[dataset]
     assert out.shape == (1, spec.channels, spec.size, spec.size) and out.dtype == torch.float32
     assert torch.isfinite(out).all()
 
@@ -197,7 +188,7 @@ def test_sixteen_bit_is_scaled_not_clipped():
     arr = np.full((28, 28), 32768, dtype=np.uint16)
     image = Image.fromarray(arr)
     assert image.mode == "I;16"
-    out = data.to_model_mode(image, "L")
+    out = images.to_model_mode(image, "L")
     assert abs(int(np.asarray(out)[0, 0]) - 128) <= 1
 
 
@@ -212,7 +203,7 @@ def test_preprocess_any_size(size):
 def test_centre_crop_keeps_aspect():
     arr = np.zeros((10, 30), dtype=np.uint8)
     arr[:, 10:20] = 255  # the centre square is white, the sides black
-    out = np.asarray(data.resize_to_model(Image.fromarray(arr, "L"), 28))
+    out = np.asarray(images.resize_to_model(Image.fromarray(arr, "L"), 28))
     # only the white centre square is kept (bicubic support softens the outermost column a little)
     assert out[:, 1:-1].min() == 255 and out.mean() > 240
 
@@ -249,7 +240,7 @@ def test_single_image_arrays_are_accepted():
 
 
 def test_sample_pngs_load_and_preprocess():
-    paths = sorted((data.ASSETS_DIR / "samples").glob("*.png"))
+    paths = sorted((datasets.ASSETS_DIR / "samples").glob("*.png"))
     assert 6 <= len(paths) <= 8
     assert preprocess(paths, "fashion_mnist").shape == (len(paths), 1, 28, 28)
 

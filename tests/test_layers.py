@@ -10,7 +10,7 @@ import pytest
 
 ENGINE = ["embeddings", "strategies", "ordering", "indexing", "metrics", "evaluation", "report", "methods",
           "_validation"]
-LEARNING = ["data", "models", "backbones", "losses", "checkpoints", "inference", "training", "head_training",
+LEARNING = ["datasets", "images", "augmentation", "models", "backbones", "losses", "checkpoints", "inference", "training", "head_training",
             "transform_training", "suite", "reproduce", "cli"]
 
 

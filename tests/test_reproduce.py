@@ -11,7 +11,7 @@ from test_suite import D_NEW, D_OLD, _record, build_suite
 
 from backfill.checkpoints import save_checkpoint
 from backfill.cli import main
-from backfill.data import load_dataset
+from backfill.datasets import load_dataset
 from backfill.models import ReverseTransform
 from backfill.reproduce import measure_query_cost, reproduce
 from backfill.suite import ModelSuite
@@ -136,7 +136,7 @@ def test_model_cards_are_written_from_the_json_cards(results, pretrained_root):
 def test_missing_train_split_fails_fast_in_one_line(pretrained_root, tmp_path, capsys, monkeypatch):
     import time
 
-    monkeypatch.setattr("backfill.data.DEBIAN_FASHION_MNIST", tmp_path / "not-installed")
+    monkeypatch.setattr("backfill.datasets.DEBIAN_FASHION_MNIST", tmp_path / "not-installed")
     monkeypatch.delenv("BACKFILL_FASHION_MNIST", raising=False)
     start = time.perf_counter()
     code = main(["reproduce", "--dataset", "fashion_mnist", "--pretrained", str(pretrained_root),

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from backfill.checkpoints import CheckpointError, save_checkpoint
-from backfill.data import FASHION_MNIST_CLASSES
+from backfill.datasets import FASHION_MNIST_CLASSES
 from backfill.models import EmbeddingHead, ReverseTransform, SmallCNN
 from backfill.suite import METHODS, ModelSuite
 

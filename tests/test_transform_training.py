@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from backfill.data import ImageDataset
+from backfill.datasets import ImageDataset
 from backfill.inference import embed_images
 from backfill.models import SmallCNN
 from backfill.transform_training import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-#: Dataset names of the CLI (kept here, not imported from backfill.data, so that ``--help`` loads no torch).
+#: Dataset names of the CLI (kept here, not imported from backfill.datasets, so that ``--help`` loads no torch).
 DATASETS = ("cifar100", "fashion_mnist")
 
 
