@@ -20,14 +20,21 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from backfill.backbones import BACKBONES, DEFAULT_RESOLUTION, PretrainedNet, dataset_features, load_backbone
 from backfill.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from backfill.datasets import get_spec, load_dataset
 from backfill.inference import embed_dataset
 from backfill.models import extend_classifier
-from backfill.training import KINDS, TrainResult, configure_threads, resolve_device, set_seed
+from backfill.training import (
+    KINDS,
+    TrainResult,
+    classification_step,
+    configure_threads,
+    optimise,
+    resolve_device,
+    set_seed,
+)
 
 __all__ = ["HeadConfig", "train_head"]
 
@@ -149,29 +156,15 @@ def train_head(config: HeadConfig, log=None) -> TrainResult:
         model.train()
         perm = torch.randperm(n, generator=gen)
         view = torch.randint(0, len(x_views), (n,), generator=gen)
-        sums = {"loss": 0.0, "ce": 0.0, "influence": 0.0, "correct": 0.0}
+        sums: dict[str, float] = {}
         for step in range(steps):
             idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             emb, logits = model.forward_features(x_views[view[idx].to(device), idx.to(device)])
-            yb = y[idx.to(device)]
-            ce = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
-            loss = ce
-            if influence is not None:
-                infl = influence(emb, yb)
-                loss = ce + cfg.bct_weight * infl
-                sums["influence"] += infl.item()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            sums["loss"] += loss.item()
-            sums["ce"] += ce.item()
-            sums["correct"] += (logits.argmax(1) == yb).float().mean().item()
-        record = {"epoch": epoch + 1, **{key: value / steps for key, value in sums.items() if key != "correct"},
-                  "train_acc": sums["correct"] / steps}
-        if influence is None:
-            record.pop("influence")
-        history.append(record)
+            loss = classification_step(emb, logits, y[idx.to(device)], sums, label_smoothing=cfg.label_smoothing,
+                                       influence=influence, bct_weight=cfg.bct_weight)
+            optimise(optimizer, scheduler, loss)
+        history.append({"epoch": epoch + 1, **{key: value / steps for key, value in sums.items() if key != "correct"},
+                        "train_acc": sums["correct"] / steps})
     seconds = time.perf_counter() - t0
     model.eval()
     with torch.no_grad():

@@ -173,6 +173,31 @@ def build_backbone(arch: str, dataset: str, num_classes: int, depth: int = 8, wi
     raise ValueError(f"arch must be 'resnet' or 'cnn', got {arch!r}")
 
 
+def classification_step(emb: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, sums: dict[str, float], *,
+                        label_smoothing: float, influence: nn.Module | None = None, bct_weight: float = 1.0,
+                        ) -> torch.Tensor:
+    """The training objective of old / new / BCT models: ``CE(logits) + bct_weight * L_influence(emb)``
+    (the influence term only for BCT). Adds this batch's loss, CE, influence and accuracy to ``sums``."""
+    ce = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    loss = ce
+    if influence is not None:
+        infl = influence(emb, labels)
+        loss = ce + bct_weight * infl
+        sums["influence"] = sums.get("influence", 0.0) + infl.item()
+    sums["loss"] = sums.get("loss", 0.0) + loss.item()
+    sums["ce"] = sums.get("ce", 0.0) + ce.item()
+    sums["correct"] = sums.get("correct", 0.0) + (logits.argmax(1) == labels).float().mean().item()
+    return loss
+
+
+def optimise(optimizer: torch.optim.Optimizer, scheduler, loss: torch.Tensor) -> None:
+    """One optimisation step on ``loss`` and one scheduler step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+
+
 def _prepare_data(cfg: TrainConfig, log) -> tuple[ImageDataset, ImageDataset, int]:
     train = load_dataset(cfg.dataset, "train", cfg.data, cfg.download)
     test = load_dataset(cfg.dataset, "test", cfg.data, cfg.download)
@@ -281,19 +306,10 @@ def train_backbone(config: TrainConfig, log=None) -> TrainResult:
             yb = y_all[idx]
             with autocast(device):
                 emb, logits = model(xb)
-                ce = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-                loss = ce
-                if influence is not None:
-                    infl = influence(emb.float(), yb)
-                    loss = ce + cfg.bct_weight * infl
-                    sums["influence"] += infl.item()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            sums["loss"] += loss.item()
-            sums["ce"] += ce.item()
-            sums["correct"] += (logits.argmax(1) == yb).float().mean().item()
+                loss = classification_step(emb.float(), logits.float(), yb, sums,
+                                           label_smoothing=cfg.label_smoothing, influence=influence,
+                                           bct_weight=cfg.bct_weight)
+            optimise(optimizer, scheduler, loss)
             seen += len(idx)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.3f}",

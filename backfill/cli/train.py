@@ -87,10 +87,7 @@ def _run_train_backbone(args: argparse.Namespace) -> int:
         bct_weight=getattr(args, "bct_weight", 1.0), progress=not args.no_progress,
         command=command_line(args),
     )
-    result = train_backbone(cfg)
-    m = result.card["metrics"]
-    print(f"{args.out}: test accuracy {m['test_acc']:.4f}, last-epoch train accuracy {m['train_acc']:.4f}")
-    return 0
+    return _report(args.out, train_backbone(cfg).card)
 
 
 def _run_train_head(args: argparse.Namespace) -> int:
@@ -109,9 +106,12 @@ def _run_train_head(args: argparse.Namespace) -> int:
         device=args.device, threads=args.threads, progress=not args.no_progress,
         command=command_line(args),
     )
-    result = train_head(cfg)
-    m = result.card["metrics"]
-    print(f"{args.out}: test accuracy {m['test_acc']:.4f}, last-epoch train accuracy {m['train_acc']:.4f}")
+    return _report(args.out, train_head(cfg).card)
+
+
+def _report(out: str, card: dict) -> int:
+    metrics = card["metrics"]
+    print(f"{out}: test accuracy {metrics['test_acc']:.4f}, last-epoch train accuracy {metrics['train_acc']:.4f}")
     return 0
 
 
