@@ -33,8 +33,8 @@ from backfill.images import preprocess
 from backfill.methods import METHODS, VARIANTS, Method  # re-exported: the suite's methods
 from backfill.ordering import classifier_entropy_priority
 
-__all__ = ["Method", "METHODS", "VARIANTS", "ModelSuite", "SUITE_FILES", "trained_against", "embed_split",
-           "inputs_path"]
+__all__ = ["Method", "METHODS", "VARIANTS", "ModelSuite", "SUITE_FILES", "trained_against", "check_suite_cards",
+           "embed_split", "inputs_path"]
 
 
 
@@ -68,6 +68,44 @@ def trained_against(card: dict[str, Any], role: str, other: dict[str, Any], name
         )
 
 
+def check_suite_cards(cards: dict[str, dict[str, Any]], present: set[str]) -> None:
+    """Raise :class:`CheckpointError` unless the cards of the suite's models (``present``) fit together: both
+    old and new, psi_mc_rho with rho_mc, one dataset, dimensions that chain, and psi / rho / bct trained
+    against these very old / new weights (by SHA-256)."""
+    if not {"old", "new"} <= present:
+        raise CheckpointError("a model suite needs both the old and the new model")
+    if ("psi_mc_rho" in present) != ("rho_mc" in present):
+        raise CheckpointError("psi_mc_rho.pt and rho_mc.pt come together: one of them is missing")
+    dataset = cards["old"].get("dataset")
+    for attr, card in cards.items():
+        if card.get("dataset") != dataset:
+            raise CheckpointError(f"{SUITE_FILES[attr][0]} is for dataset {card.get('dataset')!r}, but "
+                                  f"old.pt is for {dataset!r}")
+    d_old, d_new = cards["old"]["embedding_dim"], cards["new"]["embedding_dim"]
+    if "bct" in present:
+        if cards["bct"]["embedding_dim"] != d_old:
+            raise CheckpointError(f"bct.pt embeds into {cards['bct']['embedding_dim']} dims but the old "
+                                  f"space has {d_old}")
+        if "old_model" in cards["bct"]:
+            trained_against(cards["bct"], "old_model", cards["old"], "bct.pt")
+    for attr in ("psi_regression", "psi_mc", "psi_mc_rho"):
+        if attr not in cards:
+            continue
+        name, spec = SUITE_FILES[attr][0], cards[attr]["model"]
+        if spec.get("d_in") != d_new or spec.get("d_out") != d_old:
+            raise CheckpointError(f"{name} maps {spec.get('d_in')} -> {spec.get('d_out')} dims, but the "
+                                  f"suite needs new {d_new} -> old {d_old}")
+        trained_against(cards[attr], "old_model", cards["old"], name)
+        trained_against(cards[attr], "new_model", cards["new"], name)
+    if "rho_mc" in present:
+        if cards["rho_mc"]["model"].get("d") != d_new:
+            raise CheckpointError(f"rho_mc.pt works on {cards['rho_mc']['model'].get('d')} dims, the new "
+                                  f"model has {d_new}")
+        trained_against(cards["rho_mc"], "new_model", cards["new"], "rho_mc.pt")
+        trained_against(cards["psi_mc_rho"], "rho_model", cards["rho_mc"], "psi_mc_rho.pt")
+
+
+
 def _as_sequence(images: Any) -> Any:
     """An ndarray or list stays as it is; a single image (PIL, path, bytes) becomes a one-item list."""
     if isinstance(images, (np.ndarray, list, tuple)):
@@ -98,7 +136,7 @@ class ModelSuite:
         for attr in SUITE_FILES:
             model = models.get(attr)
             setattr(self, attr, None if model is None else model.eval().to(self.device))
-        self._validate()
+        check_suite_cards(cards, present={attr for attr in SUITE_FILES if models.get(attr) is not None})
         old_card, new_card = cards["old"], cards["new"]
         self.dataset: str = old_card["dataset"]
         self.class_names: list[str] = list(new_card.get("class_names") or old_card.get("class_names") or [])
@@ -126,40 +164,6 @@ class ModelSuite:
                 continue
             models[attr], cards[attr] = load_checkpoint(path, expect={"kind": kind}, map_location=device)
         return cls(models, cards, device, directory)
-
-    def _validate(self) -> None:
-        cards = self.cards
-        if self.old is None or self.new is None:
-            raise CheckpointError("a model suite needs both the old and the new model")
-        if (self.psi_mc_rho is None) != (self.rho_mc is None):
-            raise CheckpointError("psi_mc_rho.pt and rho_mc.pt come together: one of them is missing")
-        dataset = cards["old"].get("dataset")
-        for attr, card in cards.items():
-            if card.get("dataset") != dataset:
-                raise CheckpointError(f"{SUITE_FILES[attr][0]} is for dataset {card.get('dataset')!r}, but "
-                                      f"old.pt is for {dataset!r}")
-        d_old, d_new = cards["old"]["embedding_dim"], cards["new"]["embedding_dim"]
-        if self.bct is not None:
-            if cards["bct"]["embedding_dim"] != d_old:
-                raise CheckpointError(f"bct.pt embeds into {cards['bct']['embedding_dim']} dims but the old "
-                                      f"space has {d_old}")
-            if "old_model" in cards["bct"]:
-                trained_against(cards["bct"], "old_model", cards["old"], "bct.pt")
-        for attr in ("psi_regression", "psi_mc", "psi_mc_rho"):
-            if attr not in cards:
-                continue
-            name, spec = SUITE_FILES[attr][0], cards[attr]["model"]
-            if spec.get("d_in") != d_new or spec.get("d_out") != d_old:
-                raise CheckpointError(f"{name} maps {spec.get('d_in')} -> {spec.get('d_out')} dims, but the "
-                                      f"suite needs new {d_new} -> old {d_old}")
-            trained_against(cards[attr], "old_model", cards["old"], name)
-            trained_against(cards[attr], "new_model", cards["new"], name)
-        if self.rho_mc is not None:
-            if cards["rho_mc"]["model"].get("d") != d_new:
-                raise CheckpointError(f"rho_mc.pt works on {cards['rho_mc']['model'].get('d')} dims, the new "
-                                      f"model has {d_new}")
-            trained_against(cards["rho_mc"], "new_model", cards["new"], "rho_mc.pt")
-            trained_against(cards["psi_mc_rho"], "rho_model", cards["rho_mc"], "psi_mc_rho.pt")
 
     # ------------------------------------------------------------------------------------------ inference
     @property
