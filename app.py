@@ -1,7 +1,9 @@
 """Streamlit explorer for online backfilling: ``streamlit run app.py``.
 
-Layout and widgets only; everything that computes lives in ``backfill.explorer`` and the figures in
-``backfill.plots``. Environment variables (all optional):
+Layout and widgets only: the computing lives in ``backfill.explorer``, the charts in ``backfill.plots`` and
+the prose in ``backfill/explorer/*.md``. The heavy work (gallery embeddings, curves) runs in the explorer's
+background worker: the page shows what is ready and the progress of the rest. Environment variables (all
+optional):
 
 * ``BACKFILL_CIFAR100``: default CIFAR-100 data directory (``train.npz``/``test.npz``/``classes.json``).
 * ``BACKFILL_APP_MODELS``: Fashion-MNIST model directory instead of ``pretrained/fashion_mnist/<setting>``.
@@ -14,17 +16,23 @@ Layout and widgets only; everything that computes lives in ``backfill.explorer``
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import streamlit as st
 
 from backfill import explorer as ex
 from backfill import plots
+from backfill.datasets import DatasetNotFoundError
+from backfill.methods import get_method, get_order
 
 st.set_page_config(page_title="Online backfilling explorer", page_icon="🔁", layout="wide")
 
 DATASETS = {"fashion_mnist": "Fashion-MNIST (bundled)", "cifar100": "CIFAR-100"}
 METRICS = {"map": "mAP", "top1": "Top-1"}
+# The presenter tour: step -> (button, slider %, order, methods switched on); its sentences are tour.md.
+TOUR = {"before": ("1 · Before", 0, "random", ("old",)), "naive": ("2 · Naive 30%", 30, "random", ()),
+        "rank_merge": ("3 · Rank merge", 30, "random", ()), "full": ("4 · Full method", 30, "random", ())}
 
 
 # ------------------------------------------------------------------------------------------ cached work
@@ -37,26 +45,26 @@ def get_explorer(models_dir: str, data_root: str | None, per_class: int | None, 
 
 @st.cache_resource(show_spinner="Embedding the uploads...", max_entries=64)
 def get_uploads(_explorer: ex.Explorer, explorer_key: str, files: tuple[tuple[str, bytes], ...]):
-    return _explorer.upload_queries(files)
+    return ex.upload_queries(_explorer, files)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def get_teaching_figures(_explorer: ex.Explorer, explorer_key: str):
-    """The teaching figures and the cross-space order of each merge, built once (they do not depend on the
-    widgets; st.plotly_chart only reads the figures, so sessions can share them)."""
-    projection = _explorer.projection()
-    distributions = _explorer.score_distributions()
-    orders = ", ".join(f"{title.split(':')[0]} {ex.cross_space_order(panel):.0%}"
-                       for title, panel in distributions.items())
-    return (plots.projection_figure(projection["old_xy"], projection["new_xy"], projection["labels"],
-                                    _explorer.class_names, projection["seen"]),
-            plots.score_distribution_figure(distributions) if distributions else None, orders)
+    """The teaching figures and each merge's cross-space order, built once (they ignore the widgets)."""
+    projection = ex.projection(_explorer)
+    panels = ex.score_distributions(_explorer)
+    titles = [_explorer.label(p.method) if p.method in {m.name for m in _explorer.methods}
+              else get_method(p.method).label for p in panels]
+    orders = ", ".join(f"{get_method(p.method).short_label} {ex.cross_space_order(p):.0%}" for p in panels)
+    return (plots.projection_figure(projection.old_xy, projection.new_xy, projection.labels,
+                                    _explorer.class_names, projection.seen),
+            plots.score_distribution_figure(panels, titles) if panels else None, orders)
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+@st.cache_resource(show_spinner=False, max_entries=8)
 def get_samples(_explorer: ex.Explorer, explorer_key: str):
     ids = _explorer.sample_ids()
-    return ids, [ex.thumbnail(_explorer.gallery.images[i], size=64) for i in ids]
+    return ids, [ex.thumbnail(_explorer.image(i), size=64) for i in ids]
 
 
 def env_int(name: str, default: int | None = None) -> int | None:
@@ -71,6 +79,32 @@ def explorer_args() -> tuple:
     cache = os.environ.get("BACKFILL_APP_CACHE", str(ex.DEFAULT_CACHE_DIR)).strip()
     return (env_int("BACKFILL_APP_PER_CLASS"), env_int("BACKFILL_APP_CURVE_QUERIES", 2000),
             None if cache.lower() in ("", "0", "off", "none") else cache)
+
+
+# ------------------------------------------------------------------------------------------ shared state
+def restore_from_url() -> None:
+    """On a session's first run, seed the widgets from the link (``?dataset=...&order=...&p=30``)."""
+    if st.session_state.get("_restored"):
+        return
+    st.session_state["_restored"] = True
+    params, state = st.query_params, st.session_state
+    dataset = params.get("dataset", "fashion_mnist")
+    state.setdefault("dataset", dataset if dataset in DATASETS else "fashion_mnist")
+    if params.get("setting") in ex.available_settings(state["dataset"]):
+        state.setdefault(f"setting_{state['dataset']}", params["setting"])
+    order = params.get("order", "random")
+    state.setdefault("order", order if order in ex.APP_ORDERS else "random")
+    for key, param, low, high, default in (("percent", "p", 0, 100, 50), ("k", "k", 1, 20, 8)):
+        value = params.get(param, "")
+        state.setdefault(key, int(value) if value.isdigit() and low <= int(value) <= high else default)
+    if params.get("sample", "").isdigit():
+        state["url_sample"] = int(params["sample"])
+
+
+def share_in_url(config: dict) -> None:
+    st.query_params.from_dict({"dataset": config["dataset"], "setting": config["setting"], "order": config["order"],
+                               "p": str(st.session_state["percent"]), "k": str(config["k"]),
+                               "sample": str(st.session_state.get("sample_id", ""))})
 
 
 # ------------------------------------------------------------------------------------------ sidebar
@@ -96,13 +130,13 @@ def sidebar() -> dict:
                     status.update(label="Download failed", state="error")
                     st.sidebar.error(f"Download failed: {exc}")
     override = os.environ.get("BACKFILL_APP_MODELS") if dataset == "fashion_mnist" else None
-    with st.sidebar.expander("Advanced"):
-        models_dir = st.text_input("Model directory", override or str(ex.default_models_dir(dataset, setting)),
-                                   key=f"models_{dataset}_{setting}")
+    models_dir = st.sidebar.expander("Advanced").text_input(
+        "Model directory", override or str(ex.default_models_dir(dataset, setting)), key=f"models_{dataset}_{setting}")
     st.sidebar.header("Backfilling")
-    order = st.sidebar.radio("Backfill order", ex.ORDERS, format_func=ex.ORDER_LABELS.get, key="order")
-    k = st.sidebar.slider("Top-k shown", 1, 20, 8, key="k")
-    return {"dataset": dataset, "data_root": data_root, "models_dir": models_dir, "order": order, "k": k}
+    order = st.sidebar.radio("Backfill order", ex.APP_ORDERS, format_func=lambda o: get_order(o).label, key="order")
+    k = st.sidebar.slider("Top-k shown", 1, 20, key="k")
+    return {"dataset": dataset, "setting": setting, "data_root": data_root, "models_dir": models_dir,
+            "order": order, "k": k}
 
 
 def method_toggles(explorer: ex.Explorer) -> list[str]:
@@ -115,31 +149,75 @@ def method_toggles(explorer: ex.Explorer) -> list[str]:
     return always + optional
 
 
-# ------------------------------------------------------------------------------------------ sections
+# ------------------------------------------------------------------------------------------ loading
 def load(config: dict) -> ex.Explorer:
     name = DATASETS[config["dataset"]]
     if config["dataset"] == "cifar100" and not config["data_root"]:
-        st.info("CIFAR-100 needs its data: enter its directory in the sidebar (or set BACKFILL_CIFAR100 "
-                "before starting the app), or use **Download CIFAR-100 with torchvision** if you have internet.")
+        st.info("CIFAR-100 needs its data: enter its folder in **CIFAR-100 data directory** in the sidebar, or "
+                "press **Download CIFAR-100 with torchvision** there if this machine has internet.")
         st.stop()
     if not Path(config["models_dir"]).is_dir():
-        st.error(f"No trained models for {name} in `{config['models_dir']}`. Train them with "
-                 "`backfill train ...` (see the README) or pick another dataset or setting.")
+        st.error(f"No trained models for {name} in `{config['models_dir']}`: pick another **Setting** in the "
+                 "sidebar, or put a folder with old.pt and new.pt in **Advanced → Model directory**.")
         st.stop()
     try:
         return get_explorer(config["models_dir"], config["data_root"], *explorer_args())
-    except (FileNotFoundError, ValueError) as exc:  # missing data, damaged or mismatched checkpoints
+    except DatasetNotFoundError:
+        st.error(f"{name} was not found in `{config['data_root']}`: set **CIFAR-100 data directory** to a folder "
+                 "with test.npz and classes.json (or torchvision's cifar-100-python), or press **Download "
+                 "CIFAR-100 with torchvision**.")
+        st.stop()
+    except (FileNotFoundError, ValueError) as exc:  # damaged or mismatched checkpoints
         st.error(f"Cannot load {name}: {exc}")
         st.stop()
 
 
-def warm_up(explorer: ex.Explorer, order: str, methods: list[str]) -> None:
-    if explorer.is_ready(order, methods):
+def wait_for_gallery(explorer: ex.Explorer) -> None:
+    """Cold start: show the embedding's progress (the worker embeds; a widget change ends this loop)."""
+    if explorer.has_embeddings:
         return
-    with st.status("First run: embedding the gallery and evaluating the curves ...", expanded=True) as status:
+    with st.status("Embedding the gallery (once: cached on disk afterwards) ...", expanded=True) as status:
         bar = st.progress(0.0)
-        explorer.prepare(order, methods, progress=lambda f, message: bar.progress(min(f, 1.0), text=message))
-        status.update(label="Ready: cached from now on", state="complete", expanded=False)
+        while not explorer.has_embeddings:
+            if ("embeddings",) in explorer.worker.errors:
+                st.error(f"Embedding the gallery failed: {explorer.worker.errors[('embeddings',)]}")
+                st.stop()
+            fraction, message = explorer.embedding_progress
+            bar.progress(fraction, text=message)
+            time.sleep(0.2)
+        status.update(label="Gallery embedded", state="complete", expanded=False)
+
+
+@st.fragment(run_every=0.5)
+def curve_progress(explorer: ex.Explorer, order: str, methods: list[str]) -> None:
+    """While curves are computed in the background: their progress, then one rerun that shows them."""
+    needed = list(dict.fromkeys([*ex.REFERENCE_METHODS, *methods]))
+    pending = explorer.pending(order, methods)
+    if not pending:
+        st.rerun()
+    done = len(needed) - len(pending)
+    st.progress(done / len(needed), text=f"Evaluating the curves ({get_order(order).label}): {done} of "
+                                         f"{len(needed)} ready, next {explorer.label(pending[0])}. The results "
+                                         "on the left are live meanwhile.")
+
+
+# ------------------------------------------------------------------------------------------ sections
+def tour() -> None:
+    steps = ex.sections(ex.prose("tour"))
+    with st.expander("Presenter tour: four steps, one click each", expanded="tour" in st.session_state):
+        for column, (step, (label, *_)) in zip(st.columns(len(TOUR)), TOUR.items(), strict=True):
+            column.button(label, key=f"tour_{step}", on_click=start_step, args=(step,), width="stretch",
+                          type="primary" if st.session_state.get("tour") == step else "secondary")
+        if st.session_state.get("tour") in steps:
+            st.markdown(steps[st.session_state["tour"]])
+
+
+def start_step(step: str) -> None:
+    """Tour button callback: put the page in the step's state before the rerun."""
+    _, percent, order, extra = TOUR[step]
+    st.session_state.update({"tour": step, "percent": percent, "order": order})
+    for name in ex.OPTIONAL_METHODS:
+        st.session_state[f"show_{name}"] = name in extra
 
 
 def select_sample(gallery_id: int) -> None:
@@ -150,22 +228,25 @@ def select_sample(gallery_id: int) -> None:
 
 def query_picker(explorer: ex.Explorer, key: str) -> list[ex.Query]:
     st.subheader("1. Pick a query")
+    st.caption(ex.gallery_blurb(explorer))
     ids, thumbs = get_samples(explorer, key)
-    if st.session_state.get("sample_key") != key:  # a new dataset: start from its first sample
-        st.session_state["sample_key"], st.session_state["sample_id"] = key, int(ids[0])
+    if st.session_state.get("sample_key") != key:  # a new dataset: its first sample (or the link's)
+        wanted = st.session_state.pop("url_sample", None)
+        st.session_state["sample_key"] = key
+        st.session_state["sample_id"] = wanted if wanted in set(ids.tolist()) else int(ids[0])
     samples, upload = st.columns([3, 1], gap="medium")
     samples.caption("One click: a sample from the test split (it is left out of its own ranking).")
-    names = explorer.class_names
-    for column, gid, thumb in zip(samples.columns(len(ids), gap="small"), ids, thumbs, strict=True):
-        column.image(thumb, width="stretch")
-        column.button(names[explorer.gallery.labels[gid]], key=f"sample_{gid}", width="stretch", wrap=True,
-                      type="primary" if st.session_state["sample_id"] == gid else "tertiary",
-                      help=f"Query with test image #{gid}", on_click=select_sample, args=(int(gid),))
-    uploaded = upload.file_uploader(
-        f"Or upload images (up to {ex.MAX_UPLOAD_MB} MB each)", type=list(ex.UPLOAD_TYPES),
-        accept_multiple_files=True, max_upload_size=ex.MAX_UPLOAD_MB, key="uploads",
-        help="PNG, JPEG, WebP, BMP or GIF (first frame); any size and colour mode",
-    )
+    per_row = 5
+    for row in range(0, len(ids), per_row):
+        for column, gid, thumb in zip(samples.columns(per_row, gap="small"), ids[row:row + per_row],
+                                      thumbs[row:row + per_row], strict=False):
+            column.image(thumb, width=64)
+            column.button(explorer.class_name(gid), key=f"sample_{gid}", width="stretch",
+                          type="primary" if st.session_state["sample_id"] == gid else "tertiary",
+                          help=f"Query with test image #{gid}", on_click=select_sample, args=(int(gid),))
+    uploaded = upload.file_uploader(f"Or upload images (up to {ex.MAX_UPLOAD_MB} MB each)", type=list(ex.UPLOAD_TYPES),
+                                    accept_multiple_files=True, max_upload_size=ex.MAX_UPLOAD_MB, key="uploads",
+                                    help="PNG, JPEG, WebP, BMP or GIF (first frame); any size and colour mode")
     files = tuple((f.name, f.getvalue()) for f in uploaded or ())
     uploads, errors = get_uploads(explorer, key, files) if files else ([], [])
     for message in errors:
@@ -175,7 +256,7 @@ def query_picker(explorer: ex.Explorer, key: str) -> list[ex.Query]:
         st.session_state["last_uploads"] = file_ids
         if uploads:
             st.session_state["focus"] = uploads[-1].key
-    return [explorer.gallery_query(st.session_state["sample_id"]), *uploads]
+    return [ex.gallery_query(explorer, st.session_state["sample_id"]), *uploads]
 
 
 def query_header(explorer: ex.Explorer, queries: list[ex.Query]) -> ex.Query:
@@ -185,12 +266,15 @@ def query_header(explorer: ex.Explorer, queries: list[ex.Query]) -> ex.Query:
     chosen = st.radio("Results for", list(by_key), format_func=lambda k: by_key[k].name, horizontal=True,
                       key="focus")
     query = by_key[chosen]
-    left, right = st.columns([1, 5])
-    left.image(ex.thumbnail(query.image, size=96))
     names = explorer.class_names
     if query.gallery_id is not None:
+        left, right = st.columns([1, 5])
+        left.image(ex.thumbnail(query.image, size=96))
         right.markdown(f"**Query:** test image #{query.gallery_id}, class **{names[query.label]}**.")
         return query
+    original, seen, right = st.columns([1, 1, 4])
+    original.image(ex.thumbnail(query.image, size=96), caption="uploaded")
+    seen.image(ex.thumbnail(query.model_image, size=96), caption="as the models see it")
     right.markdown(f"**Query:** uploaded `{query.name}`. The new model predicts **{names[query.predicted]}** "
                    f"({query.confidence:.0%}).")
     label = right.selectbox("Its true class (optional: enables the AP and green/red marking)",
@@ -203,39 +287,34 @@ def results(explorer: ex.Explorer, query: ex.Query, methods: list[str], ratio: f
             k: int) -> list[ex.MethodResult]:
     out = []
     for name in methods:
-        result = explorer.search(query, name, ratio, order, k)
+        result = ex.search(explorer, query, name, ratio, order, k)
         out.append(result)
         ap = "" if result.ap is None else f" · AP **{result.ap:.3f}**"
         st.markdown(f"**{result.label}**{ap} · can reach {result.n_reachable:,} gallery items")
         if not result.hits:
             st.caption(f"{result.label}: nothing reachable yet - no image has been re-embedded.")
             continue
-        st.image([explorer.hit_thumbnail(h, size=64) for h in result.hits],
-                 caption=[f"#{h.rank} · {h.score:.3f}" for h in result.hits])
+        st.image([ex.hit_thumbnail(explorer, h, size=64) for h in result.hits], width=56,
+                 caption=[f"#{h.rank} {h.score:.2f}" for h in result.hits])
     st.caption("Frame: green = same class as the query, red = another class (grey: the query's class is "
                "unknown). Badge: the space the score came from - blue **new** (item already re-embedded), "
-               "orange **old**. Number: cosine similarity.")
+               "orange **old**. Number: rank and cosine similarity.")
     return out
 
 
-def metrics_and_curves(explorer: ex.Explorer, methods: list[str], order: str, ratio: float):
+def headline(explorer: ex.Explorer, methods: list[str], order: str, ratio: float) -> list[ex.SummaryRow]:
     rows = explorer.summary(methods, order, ratio)
-    main = next((r for r in rows if r["method"] == "full"), rows[-1])
+    main = next((r for r in rows if r.method.name == "full"), rows[-1])
     c1, c2, c3 = st.columns(3)
-    c1.metric(f"mAP now ({main['label'].split(' (')[0]})", f"{main['map']:.1%}",
-              f"{main['vs_naive'] * 100:+.1f} vs naive")
-    c2.metric("AUC-mAP", f"{main['auc_map']:.1%}", help="Mean mAP over the curve's 21 points (0-100%)")
-    c3.metric("Relative gain", f"{main['relative_gain']:.0%}",
+    c1.metric(f"mAP now ({main.method.short_label})", f"{main.map:.1%}", f"{main.vs_naive * 100:+.1f} vs naive")
+    c2.metric("AUC-mAP", f"{main.auc_map:.1%}", help="Mean mAP over the curve's 21 points (0-100%)")
+    c3.metric("Relative gain", f"{main.relative_gain:.0%}",
               help="(AUC-mAP - old/old) / (new/new - old/old): the share of the new model's gain delivered "
                    "during backfilling")
-    st.caption(" · ".join(f"{r['label']}: mAP {r['map']:.1%}, top-1 {r['top1']:.1%}" for r in rows))
-    st.dataframe(
-        [{"method": r["label"], "mAP now": round(100 * r["map"], 1), "top-1 now": round(100 * r["top1"], 1),
-          "AUC-mAP": round(100 * r["auc_map"], 1), "AUC-top1": round(100 * r["auc_top1"], 1),
-          "rel. gain %": round(100 * r["relative_gain"], 1), "vs naive": round(100 * r["vs_naive"], 1)}
-         for r in rows],
-        hide_index=True,
-    )
+    return rows
+
+
+def curves(explorer: ex.Explorer, methods: list[str], order: str, ratio: float):
     refs = explorer.references(order)
     labels = {m: explorer.label(m) for m in methods}
     series = {metric: {m: explorer.curve(m, order).values[metric] for m in methods} for metric in METRICS}
@@ -244,63 +323,50 @@ def metrics_and_curves(explorer: ex.Explorer, methods: list[str], order: str, ra
                                  ratio=ratio, metric=metric)
         tab.plotly_chart(fig, key=f"chart_{metric}", config={"displaylogo": False})
     st.caption(f"Curves: {len(explorer.curve_query_ids):,} leave-one-out queries against all "
-               f"{len(explorer.gallery):,} gallery images, {ex.ORDER_LABELS[order]} order.")
+               f"{explorer.gallery_size:,} gallery images, {get_order(order).label} order.")
     return series["map"], refs["map"], labels
+
+
+def table(rows: list[ex.SummaryRow]) -> None:
+    st.caption(" · ".join(f"{r.method.label}: mAP {r.map:.1%}, top-1 {r.top1:.1%}" for r in rows))
+    st.table([{"method": r.method.short_label, "mAP now": f"{100 * r.map:.1f}", "top-1 now": f"{100 * r.top1:.1f}",
+               "AUC-mAP": f"{100 * r.auc_map:.1f}", "AUC-top1": f"{100 * r.auc_top1:.1f}",
+               "rel. gain %": f"{100 * r.relative_gain:.1f}", "vs naive": f"{100 * r.vs_naive:+.1f}"}
+              for r in rows])
 
 
 def downloads(explorer: ex.Explorer, shown, ratio: float, order: str, series, refs, labels) -> None:
     c1, c2, c3 = st.columns(3)
-    c1.download_button("Results (CSV)", lambda: explorer.results_csv(shown, ratio, order),
-                       file_name="backfill_results.csv", mime="text/csv", on_click="ignore")
+    c1.download_button("Results (CSV)", lambda: ex.results_csv(shown, ratio, order, explorer.class_names),
+                       file_name="backfill_results.csv", mime="text/csv", on_click="ignore", width="stretch")
     c2.download_button("Curves (HTML)", lambda: plots.figure_html(plots.curve_figure(
         explorer.points, series, labels=labels, references=refs, ratio=ratio)),
-        file_name="backfill_curves.html", mime="text/html", on_click="ignore")
+        file_name="backfill_curves.html", mime="text/html", on_click="ignore", width="stretch")
     c3.download_button("Curves (PNG)", lambda: plots.curves_png(
         explorer.points, series, labels=labels, references=refs, ratio=ratio),
-        file_name="backfill_curves.png", mime="image/png", on_click="ignore")
-
-
-HOW_IT_WORKS = """
-**Backfilling.** A search service stores one embedding per gallery image, computed by an *old* model. When a
-better *new* model arrives, every gallery image must be re-embedded ("backfilled") - days of compute for a
-large gallery - while queries keep coming. Meanwhile the gallery is mixed: a growing re-embedded part with new
-embeddings, the rest with old ones. The slider is that progress.
-
-**Strategies.**
-* **Naive (new-partial)**: query with the new model, search only the re-embedded part. Right at 100%,
-  blind to most of the gallery before.
-* **Rank merge**: query with *both* models (two forward passes), search the old part with the old query and
-  the new part with the new query, merge by raw score. Training-free, but the two spaces' scores are not on
-  one scale (left panel below), so a mediocre match in one space can outrank a good one in the other.
-* **RT merge**: a small network ψ maps the new query into the old space, so one new-model pass serves both
-  parts and the old model can be retired on day one.
-* **Full (metric-compatible)**: ψ is trained with a contrastive loss whose single denominator pools the
-  negatives of *both* spaces, so a positive in either space scores above the negatives of either space: the
-  merged ranking becomes meaningful (right panel: same-class scores of both spaces sit right of the
-  other-class ones).
-* **Order**: which images to re-embed first. *Deployable* uses only the stored old embeddings: the images
-  the old model's classifier is least sure about go first (FastFill's idea); *oracle* peeks at the new
-  embeddings and labels, to show the headroom.
-"""
+        file_name="backfill_curves.png", mime="image/png", on_click="ignore", width="stretch")
 
 
 def teaching(explorer: ex.Explorer, key: str) -> None:
     with st.expander("How it works", expanded=False):
-        st.markdown(HOW_IT_WORKS)
+        st.markdown(ex.prose("how_it_works"))
+        for method in explorer.methods:
+            text, picture = st.columns([3, 2])
+            text.markdown(ex.method_card(method))
+            picture.image(ex.method_diagram(method), width="stretch")
+        st.markdown(ex.prose("orders"))
         projection, distributions, cross_orders = get_teaching_figures(explorer, key)
+        captions = ex.sections(ex.prose("pictures"))
         st.plotly_chart(projection, key="projection")
-        st.caption("The same test images in both spaces (2-D PCA of each). Crosses: classes the old model "
-                   "never saw; its space mixes them, the new one separates them.")
+        st.caption(captions["projection"])
         if distributions is not None:
             st.plotly_chart(distributions, key="scores")
-            st.caption("Scores of same-class (solid) and other-class (dashed) pairs, in the old space (orange: "
-                       "scored with the query each method sends there) and the new space (blue). Cross-space "
-                       "order - how often a same-class pair of one space outscores an other-class pair of the "
-                       "other, 100% = perfectly calibrated: " + cross_orders + ".")
+            st.caption(f"{captions['scores']} {cross_orders}.")
 
 
 # ------------------------------------------------------------------------------------------ page
 def main() -> None:
+    restore_from_url()
     st.title("Online backfilling explorer")
     st.caption("Search a gallery that is being re-embedded with a new model, without losing quality on the way "
                "(Seo et al., *Online Backfilling with No Regret for Large-Scale Image Retrieval*, 2023).")
@@ -309,21 +375,31 @@ def main() -> None:
     key = f"{config['models_dir']}|{config['data_root']}|{explorer_args()}"
     methods = method_toggles(explorer)
     order = config["order"]
-    warm_up(explorer, order, methods)
+    explorer.prefetch(order, methods)
+    tour()
+    wait_for_gallery(explorer)
     queries = query_picker(explorer, key)
 
     st.subheader("2. Backfill")
-    step = int(round(explorer.step_percent)) if float(explorer.step_percent).is_integer() else 5
-    percent = st.slider("Re-embedded with the new model (%)", 0, 100, 50, step=step, key="percent")
+    step = max(1, int(round(explorer.step_percent)))
+    percent = st.slider("Re-embedded with the new model (%)", 0, 100, step=step, key="percent")
     ratio = percent / 100.0
+    share_in_url(config)
+    ready = explorer.is_ready(order, methods)
+    st.markdown(f"**At {percent}% re-embedded**")
+    rows = headline(explorer, methods, order, ratio) if ready else None
 
     left, right = st.columns([3, 2], gap="large")
     with left:
         query = query_header(explorer, queries)
         shown = [(query, results(explorer, query, methods, ratio, order, config["k"]))]
     with right:
-        st.markdown(f"**At {percent}% re-embedded**")
-        series, refs, labels = metrics_and_curves(explorer, methods, order, ratio)
+        if ready:
+            series, refs, labels = curves(explorer, methods, order, ratio)
+        else:
+            curve_progress(explorer, order, methods)
+    if ready:
+        table(rows)
         downloads(explorer, shown, ratio, order, series, refs, labels)
     teaching(explorer, key)
 

@@ -9,11 +9,13 @@ export needs kaleido and a browser, which are not available offline here.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from backfill.strategies import Space
 
 # One colour per method, stable across figures, so "full" is the same green everywhere.
 METHOD_COLORS: dict[str, str] = {
@@ -28,7 +30,8 @@ METHOD_COLORS: dict[str, str] = {
 }
 _FALLBACK_COLORS = ("#8c564b", "#e377c2", "#393b79", "#637939", "#843c39")
 METRIC_TITLES: dict[str, str] = {"map": "mAP", "top1": "Top-1 accuracy", "top5": "Top-5 accuracy"}
-SPACE_COLORS: dict[str, str] = {"old": "#ff7f0e", "new": "#1f77b4"}
+#: Colour of each embedding space: orange = old, blue = new (hit badges and score distributions).
+SPACE_COLORS: dict[Space, str] = {Space.OLD: "#ff7f0e", Space.NEW: "#1f77b4"}
 
 
 def method_color(name: str, position: int = 0) -> str:
@@ -121,12 +124,28 @@ def curve_figure(
     layout = {
         "title": {"text": title or f"{metric_title} during backfilling"},
         "xaxis": {"title": {"text": "backfilled (%)"}, "range": [-2, 102]},
-        "yaxis": {"title": {"text": f"{metric_title} (%)"}},
+        "yaxis": {"title": {"text": f"{metric_title} (%)"},
+                  "range": y_range(series.values(), (references or {}).values())},
         "legend": {"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},
         "margin": {"l": 50, "r": 20, "t": 50, "b": 20},
         "height": 450, "shapes": shapes, "annotations": annotations,
     }
     return go.Figure(data=data, layout=layout)
+
+
+def y_range(series: Iterable[np.ndarray], references: Iterable[float] = ()) -> list[float]:
+    """Axis range in % that fits every value and reference line with a margin, within [0, 100].
+
+    Scaling to the data keeps close lines apart (top-1 values often all sit within a few points); the
+    margin keeps the reference labels inside the plot.
+    """
+    values = [float(v) for s in series for v in np.asarray(s, dtype=np.float64).ravel() if np.isfinite(v)]
+    values += [float(r) for r in references]
+    if not values:
+        return [0.0, 100.0]
+    low, high = min(values) * 100.0, max(values) * 100.0
+    margin = max(0.08 * (high - low), 2.0)
+    return [max(0.0, low - margin), min(100.0, high + margin)]
 
 
 def curves_png(
@@ -159,6 +178,7 @@ def curves_png(
                    color="#444444" if position else "#999999", label=f"{label} ({float(value) * 100:.1f})")
     if ratio is not None:
         ax.axvline(ratio * 100, color="black", linestyle=":", linewidth=1)
+    ax.set_ylim(*y_range(series.values(), (references or {}).values()))
     ax.set_xlabel("backfilled (%)")
     ax.set_ylabel(f"{metric_title} (%)")
     ax.set_title(title or f"{metric_title} during backfilling")
@@ -217,20 +237,27 @@ def projection_figure(
     return fig
 
 
-def score_distribution_figure(panels: Mapping[str, Mapping[str, np.ndarray]], bins: int = 50) -> go.Figure:
+def score_distribution_figure(panels: Sequence, titles: Sequence[str] | None = None, bins: int = 50) -> go.Figure:
     """Score densities (histograms drawn as step lines), one subplot per panel.
 
-    Args:
-        panels: panel title -> {series name -> 1-D array of similarity scores}. Typical series: positive
-            and negative pairs scored in the old space and in the new space. Series whose name contains
-            "old" are orange, the others blue; series whose name contains "neg" are dashed.
-        bins: histogram bins over the common score range of all panels.
+    Parameters
+    ----------
+    panels : sequence of :class:`backfill.explorer.ScorePanel`
+        Anything with 1-D score arrays ``old_pos``, ``old_neg``, ``new_pos``, ``new_neg``: same-class and
+        other-class pairs in the old space (orange) and the new space (blue); other-class pairs are dashed.
+        Empty arrays are skipped.
+    titles : sequence of str, optional
+        Subplot titles (default: each panel's ``method``).
+    bins : int
+        Histogram bins over the common score range of all panels.
 
     Only the binned densities go into the figure (not the raw scores), so it stays small in the browser.
     """
     if not panels:
         raise ValueError("panels is empty: nothing to plot")
-    arrays = [np.asarray(s, dtype=np.float64).ravel() for panel in panels.values() for s in panel.values()]
+    series = (("old_pos", Space.OLD, "same class"), ("old_neg", Space.OLD, "other class"),
+              ("new_pos", Space.NEW, "same class"), ("new_neg", Space.NEW, "other class"))
+    arrays = [np.asarray(getattr(p, field), dtype=np.float64).ravel() for p in panels for field, _, _ in series]
     arrays = [a for a in arrays if a.size]
     if not arrays:
         raise ValueError("no scores to plot")
@@ -238,19 +265,21 @@ def score_distribution_figure(panels: Mapping[str, Mapping[str, np.ndarray]], bi
     high = max(float(a.max()) for a in arrays)
     edges = np.linspace(low, max(high, low + 1e-6), bins + 1)
     centres = (edges[:-1] + edges[1:]) / 2
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=tuple(panels), shared_yaxes=True)
-    for col, panel in enumerate(panels.values(), start=1):
-        for name, scores in panel.items():
-            scores = np.asarray(scores, dtype=np.float64).ravel()
+    titles = tuple(titles) if titles is not None else tuple(str(getattr(p, "method", "")) for p in panels)
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=titles, shared_yaxes=True)
+    for col, panel in enumerate(panels, start=1):
+        for field, space, kind in series:
+            scores = np.asarray(getattr(panel, field), dtype=np.float64).ravel()
             if scores.size == 0:
                 continue
             density, _ = np.histogram(scores, bins=edges, density=True)
+            name = f"{space.label} space, {kind}"
             fig.add_trace(
                 go.Scatter(
                     x=centres.tolist(), y=density.tolist(), mode="lines", name=name, legendgroup=name,
                     showlegend=col == 1,
-                    line={"shape": "hvh", "width": 2, "dash": "dash" if "neg" in name else "solid",
-                          "color": SPACE_COLORS["old" if "old" in name else "new"]},
+                    line={"shape": "hvh", "width": 2, "dash": "solid" if field.endswith("pos") else "dash",
+                          "color": SPACE_COLORS[space]},
                 ),
                 row=1, col=col,
             )

@@ -1,6 +1,6 @@
 """Tests of the Streamlit app with ``streamlit.testing.v1.AppTest`` (no browser).
 
-Most tests run the app on the quick suite of tests/test_explorer.py (a few seconds to train, cached in
+Most tests run the app on the quick suite of tests/_app_builders.py (a few seconds to train, cached in
 pytest's cache directory) with a 400-image gallery; the heavy work is cached by ``st.cache_resource``, which
 AppTest shares across runs in this process. ``test_default_page_renders`` runs the real default: the
 shipped Fashion-MNIST weights in ``pretrained/fashion_mnist/homogeneous`` (on a 1,000-image gallery).
@@ -11,17 +11,17 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _app_builders import fake_cifar, quick_suite_dir
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from test_explorer import quick_suite_dir
 
-from backfill.checkpoints import save_checkpoint
 from backfill.explorer import MAX_UPLOAD_MB, Explorer, default_models_dir
-from backfill.models import CifarResNet, ReverseTransform
+from backfill.methods import METHODS
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 240  # the first run embeds the gallery and evaluates the curves
@@ -49,8 +49,20 @@ def explorer(quick_env) -> Explorer:
     return Explorer.from_directory(quick_env["BACKFILL_APP_MODELS"], per_class=40, curve_queries=200)
 
 
-def run_app() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+def settle(at: AppTest) -> AppTest:
+    """Rerun while the page shows curves still being evaluated in the background (a browser polls instead)."""
+    deadline = time.monotonic() + TIMEOUT
+    while any("Evaluating the curves" in p.proto.text for p in at.get("progress")):
+        assert time.monotonic() < deadline, "the curves never became ready"
+        time.sleep(0.1)
+        at.run()
+    return at
+
+
+def run_app(**params: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update(params)
+    settle(at.run())
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -116,6 +128,7 @@ def test_page_renders_results_curves_and_metrics(quick_env, explorer):
 def test_slider_moves_marker_metrics_and_results(quick_env, explorer, percent):
     at = run_app()
     at.slider(key="percent").set_value(percent).run()
+    settle(at)
     assert not at.exception
     current = traces(at)["current"]
     assert current["x"] == [percent] * 3
@@ -141,6 +154,7 @@ def test_sample_click_changes_the_query(quick_env, explorer):
     gid = int(explorer.sample_ids()[6])
     before = [m.value for m in at.markdown if m.value.startswith("**Query:**")]
     at.button(key=f"sample_{gid}").click().run()
+    settle(at)
     assert not at.exception
     query = [m.value for m in at.markdown if m.value.startswith("**Query:**")]
     name = explorer.class_names[explorer.gallery.labels[gid]]
@@ -154,6 +168,7 @@ def test_upload_shows_prediction_and_results(quick_env, explorer):
     at = run_app()
     image = explorer.gallery.images[7][..., 0]
     at.file_uploader(key="uploads").upload("coat.png", png_bytes(image, "RGBA"), "image/png").run()
+    settle(at)
     assert not at.exception and not at.error
     assert at.radio(key="focus").value.startswith("upload:")
     header = next(m.value for m in at.markdown if m.value.startswith("**Query:**"))
@@ -182,6 +197,7 @@ def test_bad_upload_shows_an_error_and_the_page_keeps_working(quick_env, explore
         noisy = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
         data = png_bytes(noisy, size=(64, 64))[:1000]
     at.file_uploader(key="uploads").set_value([(name, data, "image/png"), ("good.png", good, "image/png")]).run()
+    settle(at)
     assert not at.exception
     errors = [e.value for e in at.error]
     assert len(errors) == 1 and errors[0].startswith(f"{name}: ") and reason in errors[0]
@@ -193,6 +209,7 @@ def test_method_toggle_adds_a_method(quick_env):
     at = run_app()
     assert "old/old" not in traces(at)
     at.toggle(key="show_old").set_value(True).run()
+    settle(at)
     assert not at.exception
     assert "old/old" in traces(at) and "old/old" in traces(at, 1)
     assert [h.split("**")[1] for h in result_headers(at)][-1] == "old/old"
@@ -202,6 +219,7 @@ def test_method_toggle_adds_a_method(quick_env):
 def test_order_choice_changes_the_curves(quick_env, explorer):
     at = run_app()
     at.radio(key="order").set_value("oracle").run()
+    settle(at)
     assert not at.exception
     assert any("oracle" in c.value and c.value.startswith("Curves:") for c in at.caption)
     expected = explorer.curve("new_partial", "oracle").values["map"] * 100
@@ -212,10 +230,12 @@ def test_order_choice_changes_the_curves(quick_env, explorer):
 def test_cifar100_without_data_explains_what_to_do(quick_env):
     at = run_app()
     at.radio(key="dataset").set_value("cifar100").run()
+    settle(at)
     assert not at.exception
     assert any("CIFAR-100 needs its data" in i.value for i in at.info)
     assert [b.label for b in at.sidebar.button] == ["Download CIFAR-100 with torchvision"]
     at.text_input(key="cifar_root").set_value("/nowhere/cifar").run()
+    settle(at)
     assert not at.exception
     assert at.error and ("No trained models" in at.error[0].value or "not found" in at.error[0].value)
 
@@ -230,34 +250,14 @@ def test_missing_models_give_a_message_not_a_traceback(quick_env, monkeypatch, t
     assert at.error and "old.pt" in at.error[0].value
 
 
-def _fake_cifar(tmp_path: Path) -> tuple[Path, Path]:
-    """A CIFAR-100-layout data directory (3 random images per class) and an untrained CIFAR suite."""
-    data = tmp_path / "cifar"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(100), 3).astype(np.uint8)
-    images = rng.integers(0, 256, (labels.size, 32, 32, 3), dtype=np.uint8)
-    np.savez(data / "test.npz", images=images, labels=labels)
-    names = [f"class_{i}" for i in range(100)]
-    (data / "classes.json").write_text(json.dumps({"classes": names}))
-    suite = tmp_path / "suite"
-    base = {"dataset": "cifar100", "class_names": names}
-    old = save_checkpoint(suite / "old.pt", CifarResNet(8, 4, 16, 50),
-                          {**base, "kind": "old", "classes": [*range(50)]})
-    new = save_checkpoint(suite / "new.pt", CifarResNet(8, 4, 16, 100),
-                          {**base, "kind": "new", "classes": [*range(100)]})
-    record = {name: {"name": card["weights_file"], "sha256": card["weights_sha256"]}
-              for name, card in (("old_model", old), ("new_model", new))}
-    save_checkpoint(suite / "psi_mc.pt", ReverseTransform(16, 16), {"kind": "psi", "dataset": "cifar100", **record})
-    return data, suite
-
-
 def test_cifar100_with_data_and_models_runs(quick_env, tmp_path):
-    data, suite = _fake_cifar(tmp_path)
+    data, suite = fake_cifar(tmp_path)
     at = run_app()
     at.radio(key="dataset").set_value("cifar100").run()
+    settle(at)
     at.text_input(key="cifar_root").set_value(str(data))
     next(t for t in at.text_input if t.label == "Model directory").set_value(str(suite)).run()
+    settle(at)
     assert not at.exception and not at.error, [e.value for e in at.error]
     headers = result_headers(at)
     assert [h.split("**")[1] for h in headers] == ["naive (new-partial)", "rank merge", "full (metric-compatible ψ)"]
@@ -274,7 +274,58 @@ def test_cifar100_download_failure_is_reported(quick_env, monkeypatch):
     monkeypatch.setattr("backfill.explorer.download_cifar100", offline)
     at = run_app()
     at.radio(key="dataset").set_value("cifar100").run()
+    settle(at)
     at.sidebar.button[0].click().run()
+    settle(at)
     assert not at.exception
     assert [e.value for e in at.sidebar.error] == ["Download failed: no route to host"]
     assert any("CIFAR-100 needs its data" in i.value for i in at.info)
+
+
+# ------------------------------------------------------------------------------------------ teaching and sharing
+def test_link_reopens_the_same_view_and_follows_the_widgets(quick_env, explorer):
+    gid = int(explorer.sample_ids()[4])
+    at = run_app(order="oracle", p="30", k="5", sample=str(gid))
+    assert at.radio(key="order").value == "oracle" and at.slider(key="percent").value == 30
+    assert at.slider(key="k").value == 5 and at.session_state["sample_id"] == gid
+    assert len(traces(at)["current"]["x"]) == 3 and traces(at)["current"]["x"][0] == 30
+    at.slider(key="percent").set_value(70).run()
+    settle(at)
+    assert at.query_params["p"] == "70" and at.query_params["order"] == "oracle"
+    assert at.query_params["sample"] == str(gid) and at.query_params["dataset"] == "fashion_mnist"
+    bad = run_app(order="fastest", p="250")  # a broken link falls back to the defaults
+    assert bad.radio(key="order").value == "random" and bad.slider(key="percent").value == 50
+
+
+def test_presenter_tour_sets_each_state_with_one_click(quick_env):
+    at = run_app()
+    at.button(key="tour_before").click().run()
+    settle(at)
+    assert at.slider(key="percent").value == 0 and at.toggle(key="show_old").value
+    assert any("Before the upgrade" in m.value for m in at.markdown)
+    assert "old/old" in traces(at)
+    at.button(key="tour_full").click().run()
+    settle(at)
+    assert at.slider(key="percent").value == 30 and not at.toggle(key="show_old").value
+    assert any("The full method at 30%" in m.value for m in at.markdown)
+
+
+def test_how_it_works_explains_every_method_with_cost_and_a_picture(quick_env, explorer):
+    at = run_app()
+    cards = [m.value for m in at.markdown if "*Cost:*" in m.value]
+    assert [c.split("**")[1] for c in cards] == [f"{m.label}." for m in explorer.methods]
+    labels = {m.name: m.label for m in METHODS}
+    assert any("2 forward passes per query" in c and labels["rank_merge"] in c for c in cards)
+    assert len(at.get("image")) >= len(cards) + 10  # a picture per method, beside the samples and hits
+    assert any("clothing and shoes only" in c.value for c in at.caption)  # what the gallery holds
+
+
+def test_upload_is_shown_as_the_model_sees_it(quick_env, explorer):
+    at = run_app()
+    photo = np.zeros((60, 90, 3), dtype=np.uint8)
+    photo[..., 0] = 220
+    at.file_uploader(key="uploads").upload("red.png", png_bytes(photo), "image/png").run()
+    settle(at)
+    assert not at.exception
+    captions = [c for image in at.get("image") for c in image.captions]
+    assert "uploaded" in captions and "as the models see it" in captions

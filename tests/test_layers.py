@@ -10,8 +10,8 @@ import pytest
 
 ENGINE = ["embeddings", "strategies", "ordering", "indexing", "metrics", "evaluation", "report", "methods",
           "_validation"]
-LEARNING = ["datasets", "images", "augmentation", "models", "backbones", "losses", "checkpoints", "inference", "training", "head_training",
-            "transform_training", "suite", "reproduce", "cli"]
+LEARNING = ["datasets", "images", "augmentation", "models", "backbones", "losses", "checkpoints", "inference",
+            "training", "head_training", "transform_training", "suite", "reproduce", "cli"]
 
 
 @pytest.mark.parametrize(("layer", "modules", "forbidden"), [
