@@ -40,7 +40,7 @@ def _pct(values: list[float]) -> tuple[float, float]:
 
 def load_fashion_mnist(store, suite, *, progress: bool = True) -> list[bytes]:
     """Train (ids 0..59999) + test (60000..69999) into ``store``; returns the PNG bytes in id order."""
-    from backfill.data import load_dataset
+    from backfill.datasets import load_dataset
     from backfill.live.gallery import encode_image, model_tag
     from backfill.ordering import random_order
 
@@ -76,7 +76,7 @@ def _model_worker(args: tuple) -> float:
     pngs, batch_size, threads, barrier = args
     import torch
 
-    from backfill.data import load_image
+    from backfill.images import load_image
     from backfill.live.gallery import embed_new
     from backfill.suite import ModelSuite
 
@@ -106,16 +106,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _search_loop(client, png: bytes, *, stop, interval: float = 0.0) -> list[float]:
-    lat = []
+def _search_loop(client, png: bytes, *, stop, interval: float = 0.0) -> dict[str, list[float]]:
+    """HTTP searches until ``stop()``: client latency and the service's own embed / SQL timings (seconds)."""
+    out = {"http": [], "embed": [], "sql": []}
     while not stop():
         t = time.perf_counter()
         r = client.post("/search", params={"k": 10, "method": "full"}, files={"image": ("q.png", png, "image/png")})
-        lat.append(time.perf_counter() - t)
+        out["http"].append(time.perf_counter() - t)
         assert r.status_code == 200, r.text
+        out["embed"].append(r.json()["timing_ms"]["embed"] / 1e3)
+        out["sql"].append(r.json()["timing_ms"]["search"] / 1e3)
         if interval:
             time.sleep(interval)
-    return lat
+    return out
 
 
 def run_job(store_dir: Path, *, limit: int | None, workers: int, batch_size: int, threads: int, store,
@@ -178,7 +181,8 @@ def synthetic(n: int, *, hnsw: bool, queries: int = 30, seed: int = 0) -> dict:
         new /= np.linalg.norm(new, axis=1, keepdims=True)
         store.write_new(np.arange(start, stop), new, model="synthetic")
     write_rate = (n // 2) / (time.perf_counter() - t)
-    store.conn.execute("VACUUM ANALYZE backfill.gallery")
+    for table in ("gallery", "vec_old_pending", "vec_old_done", "vec_new"):
+        store.conn.execute(f"VACUUM ANALYZE backfill.{table}")
     qs = rng.standard_normal((queries, 2, 128), dtype=np.float32)
     qs /= np.linalg.norm(qs, axis=2, keepdims=True)
 
@@ -259,7 +263,7 @@ def main() -> int:
                 time.sleep(0.1)
         png = pngs[-1]
         count = iter(range(args.searches + 20))
-        idle = _search_loop(client, png, stop=lambda: next(count, None) is None)[20:]
+        idle = {key: v[20:] for key, v in _search_loop(client, png, stop=lambda: next(count, None) is None).items()}
         print("job, second half with searches...", file=sys.stderr)
         job2 = run_job(store_dir, limit=None, workers=args.workers, batch_size=args.batch_size,
                        threads=args.threads, store=store,
@@ -277,10 +281,12 @@ def main() -> int:
              f"{100 * job['steady'] / base:.0f}% of the model alone"),
             ("job wall time incl. Ray start-up, first half", f"{job['wall']:.1f} s",
              f"{job['items'] / job['wall']:,.0f} items/s end to end"),
-            ("search p50 / p99 idle (HTTP, full, k=10)", "{:.1f} / {:.1f} ms".format(*_pct(idle)),
-             f"{len(idle)} searches"),
-            ("search p50 / p99 during the job", "{:.1f} / {:.1f} ms".format(*_pct(during)),
-             f"{len(during)} searches; job meanwhile {job2['steady']:,.0f} items/s"),
+            ("search p50 / p99 idle (HTTP, full, k=10)", "{:.1f} / {:.1f} ms".format(*_pct(idle["http"])),
+             "{} searches; of which SQL {:.1f} / {:.1f}, query embedding {:.1f} / {:.1f}".format(
+                 len(idle["http"]), *_pct(idle["sql"]), *_pct(idle["embed"]))),
+            ("search p50 / p99 during the job", "{:.1f} / {:.1f} ms".format(*_pct(during["http"])),
+             "{} searches; SQL {:.1f} / {:.1f}, embedding {:.1f} / {:.1f}; job meanwhile {:,.0f} items/s".format(
+                 len(during["http"]), *_pct(during["sql"]), *_pct(during["embed"]), job2["steady"])),
         ]
         store.close()
         if store.server is not None:

@@ -110,10 +110,15 @@ def fresh_rows(uri: str) -> dict[str, np.ndarray]:
 
     with psycopg.connect(uri, autocommit=True) as conn:
         register_vector(conn)
-        rows = conn.execute("SELECT id, backfilled, model, writes, new FROM backfill.gallery ORDER BY id").fetchall()
+        rows = conn.execute("SELECT g.id, g.backfilled, g.model, g.writes, n.new FROM backfill.gallery g "
+                            "LEFT JOIN backfill.vec_new n USING (id) ORDER BY g.id").fetchall()
+        # The old vectors: each item once, in the partition its flag says.
+        moved = conn.execute("SELECT count(*) FROM backfill.vec_old o JOIN backfill.gallery g USING (id) "
+                             "WHERE o.backfilled <> g.backfilled").fetchone()[0]
+        n_old = conn.execute("SELECT count(DISTINCT id), count(*) FROM backfill.vec_old").fetchone()
     return {"ids": np.array([r[0] for r in rows]), "backfilled": np.array([r[1] for r in rows]),
             "models": np.array([r[2] for r in rows], dtype=object), "writes": np.array([r[3] for r in rows]),
-            "new": [r[4] for r in rows]}
+            "new": [r[4] for r in rows], "old_misplaced": int(moved), "old_rows": (int(n_old[0]), int(n_old[1]))}
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:

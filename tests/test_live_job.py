@@ -40,7 +40,7 @@ def _load(path, n):
 
 
 def test_sigkill_partway_then_rerun_writes_every_item_once(tmp_path, scope):
-    from backfill.data import load_dataset
+    from backfill.datasets import load_dataset
     from backfill.live.gallery import model_tag
     from backfill.live.store import open_store
     from backfill.suite import ModelSuite
@@ -71,6 +71,7 @@ def test_sigkill_partway_then_rerun_writes_every_item_once(tmp_path, scope):
         suite = ModelSuite.load(SUITE)
         assert rows["ids"].tolist() == list(range(N))  # every id once, none missing
         assert rows["backfilled"].all() and (rows["writes"] == 1).all()  # each written exactly once
+        assert rows["old_rows"] == (N, N) and rows["old_misplaced"] == 0  # each old vector once, moved with its flag
         assert set(rows["models"]) == {model_tag(suite.cards["new"])}
         images = load_dataset("fashion_mnist", "test").images[:N]
         expected = suite.embed_arrays(images)["new"]

@@ -26,7 +26,7 @@ def _png(image: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def data():
-    from backfill.data import load_dataset
+    from backfill.datasets import load_dataset
     from backfill.suite import ModelSuite
 
     ds = load_dataset("fashion_mnist", "test")
@@ -58,6 +58,9 @@ def live(tmp_path_factory, data):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    import torch
+
+    threads = torch.get_num_threads()  # create_app sets 1 for this process: restored for the other tests
     server = uvicorn.Server(uvicorn.Config(create_app(path, SUITE), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -72,6 +75,7 @@ def live(tmp_path_factory, data):
     client.close()
     server.should_exit = True
     thread.join(30)
+    torch.set_num_threads(threads)
     store.close()
     stop_embedded(path)
 

@@ -4,5 +4,6 @@ search service that answers with the online-backfilling methods while the job ru
 Needs the ``serve`` extra (``pip install -e ".[serve]"``). Modules: :mod:`.store` (the ``GalleryStore``
 protocol, the pgvector store and the embedded server), :mod:`.gallery` (loading and exporting a gallery),
 :mod:`.job` (the re-embedding job), :mod:`.service` (the HTTP API), :mod:`.cli` (``backfill gallery`` and
-``backfill serve``). Nothing here is imported by the rest of the library.
+``backfill serve``), :mod:`.embedded` (the embedded server), :mod:`.sql` (schema and statements),
+:mod:`.watch` (the app's Live gallery page). Nothing here is imported by the rest of the library.
 """

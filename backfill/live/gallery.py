@@ -32,9 +32,9 @@ def encode_image(image: np.ndarray) -> bytes:
 @torch.inference_mode()
 def embed_new(suite: Any, images: list[Any]) -> np.ndarray:
     """The new model's embeddings ``(n, d_n)`` float32 of images (bytes, PIL, paths...), through the one
-    preprocessing path of uploads (:func:`backfill.data.preprocess`); the same vectors as
+    preprocessing path of uploads (:func:`backfill.images.preprocess`); the same vectors as
     ``suite.embed_arrays(images)["new"]`` without running the other models."""
-    from backfill.data import preprocess
+    from backfill.images import preprocess
 
     x = preprocess(images, suite.dataset).to(suite.device)
     return np.ascontiguousarray(suite.new.embed(x).float().cpu().numpy(), dtype=np.float32)
@@ -66,7 +66,7 @@ def load_gallery(store: GalleryStore, suite: Any, *, dataset: str, split: str = 
 
     Returns the number of items loaded.
     """
-    from backfill.data import load_dataset
+    from backfill.datasets import load_dataset
     from backfill.ordering import random_order
 
     if suite.dataset != dataset:

@@ -36,7 +36,7 @@ class EmbedAndWrite:
     """Ray Data callable class (one per actor): holds the suite's new model and a store connection.
 
     ``__call__`` takes a batch of ids, reads the still-pending ones' images, embeds them with the new model and
-    writes them conditionally. An unreadable image raises :class:`backfill.data.ImageLoadError` naming the item.
+    writes them conditionally. An unreadable image raises :class:`backfill.images.ImageLoadError` naming the item.
     """
 
     def __init__(self, uri: str, suite_dir: str, model: str, threads: int | None = None) -> None:
@@ -52,7 +52,7 @@ class EmbedAndWrite:
         self.model = model
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from backfill.data import ImageLoadError, load_image
+        from backfill.images import ImageLoadError, load_image
         from backfill.live.gallery import embed_new
 
         ids = np.asarray(batch["data"], dtype=np.int64)  # from_numpy names the column "data"
@@ -72,7 +72,7 @@ class EmbedAndWrite:
 
 def _image_error(exc: BaseException) -> str | None:
     """The message of an ImageLoadError somewhere in a (Ray-wrapped) exception, if any."""
-    from backfill.data import ImageLoadError
+    from backfill.images import ImageLoadError
 
     seen: set[int] = set()
     stack = [exc]
@@ -185,7 +185,7 @@ def _run_ray(uri: str, suite_dir: str, tag: str, pending: np.ndarray, *, batch_s
     except Exception as exc:
         message = _image_error(exc)
         if message is not None:
-            from backfill.data import ImageLoadError
+            from backfill.images import ImageLoadError
 
             raise ImageLoadError(message) from None
         raise

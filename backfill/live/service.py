@@ -31,7 +31,7 @@ def query_vectors(suite: Any, image: Any, method: str) -> tuple[np.ndarray | Non
 
     The same calls as :meth:`backfill.suite.ModelSuite.embed_arrays` (``new``, ``old``, ``transformed_mc``).
     """
-    from backfill.data import preprocess
+    from backfill.images import preprocess
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
@@ -50,15 +50,20 @@ def query_vectors(suite: Any, image: Any, method: str) -> tuple[np.ndarray | Non
 
 
 def create_app(store: str | os.PathLike, suite_dir: str | os.PathLike, *, ann: bool = False,
-               pool_size: int = 4) -> Any:
+               pool_size: int = 4, threads: int | None = 1) -> Any:
     """The FastAPI app serving ``store`` with the suite in ``suite_dir``.
 
+    ``threads``: torch threads of this process (``None``: torch's default). One query image gains nothing
+    from intra-op threads, and on a busy machine their synchronisation dominated the query's forward pass
+    (p50 200 ms with 2 threads, 6 ms with 1, benchmarks/live_backfill.py's machine).
     Raises :class:`StoreError` (unreachable store, no gallery, a suite that does not fit) before serving.
     """
-    from backfill.data import ImageLoadError, load_image
+    from backfill.images import ImageLoadError, load_image
     from backfill.live.gallery import check_suite
     from backfill.suite import ModelSuite
 
+    if threads:
+        torch.set_num_threads(threads)
     suite = ModelSuite.load(suite_dir)
     gallery = open_store(store)
     gallery.ann = ann

