@@ -81,11 +81,10 @@ def _run_load(args: argparse.Namespace) -> int:
     from backfill.suite import ModelSuite
 
     suite = ModelSuite.load(args.suite)
-    store = open_store(args.store, create=True)
-    n = load_gallery(store, suite, dataset=args.dataset, split=args.split, data=args.data, limit=args.limit,
-                     replace=args.replace, progress=not args.no_progress)
+    with open_store(args.store, create=True) as store:  # closed on errors too
+        n = load_gallery(store, suite, dataset=args.dataset, split=args.split, data=args.data, limit=args.limit,
+                         replace=args.replace, progress=not args.no_progress)
     print(f"{args.store}: gallery of {n} items loaded ({args.dataset} {args.split}), 0 backfilled")
-    store.close()
     return 0
 
 
@@ -105,9 +104,8 @@ def _run_status(args: argparse.Namespace) -> int:
     _need_extra()
     from backfill.live.store import open_store
 
-    store = open_store(args.store)
-    s = store.status()
-    store.close()
+    with open_store(args.store) as store:
+        s = store.status()
     if args.json:
         print(json.dumps(s))
     else:
@@ -121,9 +119,8 @@ def _run_export(args: argparse.Namespace) -> int:
     from backfill.live.gallery import export_npz
     from backfill.live.store import open_store
 
-    store = open_store(args.store)
-    arrays = export_npz(store, args.out)
-    store.close()
+    with open_store(args.store) as store:
+        arrays = export_npz(store, args.out)
     done = int(arrays["backfilled"].sum())
     print(f"{args.out}: {arrays['ids'].size} items, {done} backfilled"
           + ("" if done == arrays["ids"].size else " (new rows of pending items are NaN)"))

@@ -158,6 +158,12 @@ class PgVectorStore:
             self._conn = self.connect()
         return self._conn
 
+    def __enter__(self) -> PgVectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
