@@ -155,7 +155,7 @@ def evaluate_setting(suite: ModelSuite, images: np.ndarray, labels: np.ndarray, 
     """
     pts = curve_points() if points is None else np.asarray(points, dtype=np.float64)
     centroids = old_class_centroids(suite, data, seed)  # first: it reads the train split, which may be missing
-    variants = suite.embed(images, labels=labels, progress=progress)
+    variants = suite.embed(images, labels=labels, progress=progress, whole_split=True)
     base = variants["base"]
     n = base.n
     orders = {order.name: make_order(order.name, base, suite=suite, seed=seed, old_centroids=centroids)

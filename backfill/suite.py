@@ -178,16 +178,18 @@ class ModelSuite:
 
     @torch.inference_mode()
     def embed_arrays(self, images: Any, batch_size: int = 256, progress: bool = False,
-                     on_progress: Callable[[int, int, str], None] | None = None) -> dict[str, np.ndarray]:
+                     on_progress: Callable[[int, int, str], None] | None = None, *,
+                     whole_split: bool = False) -> dict[str, np.ndarray]:
         """Every embedding the suite can make, as float32 C-contiguous arrays ``(n, d)``.
 
         Keys (present when their models are): ``old``, ``new``, ``bct``, ``transformed`` (psi_regression of
         new), ``transformed_mc`` (psi_mc of new), ``new_rho`` (rho_mc of new), ``transformed_mc_rho``
         (psi_mc_rho of new_rho). Each batch is preprocessed once (:func:`backfill.images.preprocess`) and fed
         to every backbone; the heads run on the new embedding. Frozen pretrained backbones run once per
-        batch whatever the number of heads on them; for a dataset array (a gallery or split) their features
-        come from the disk cache (``backbones.dataset_features``, computed once; ``on_progress(done, total,
-        backbone)`` follows that computation).
+        batch whatever the number of heads on them. With ``whole_split`` (a whole gallery or split as one
+        array) their features come from the disk cache keyed by the images' digest
+        (``backbones.dataset_features``, computed once; ``on_progress(done, total, backbone)`` follows that
+        computation); batches and probes are computed live, so they never fill the cache.
         """
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -196,7 +198,7 @@ class ModelSuite:
         parts: dict[str, list[torch.Tensor]] = {}
         backbones = [m for m in (self.old, self.new, self.bct) if _is_pretrained(m)]
         cached: dict[tuple, np.ndarray] = {}
-        if isinstance(images, np.ndarray) and backbones:
+        if whole_split and isinstance(images, np.ndarray) and backbones:
             # A dataset split: every frozen backbone's features come from the disk cache (computed once).
             from backfill.backbones import dataset_features
 
@@ -233,8 +235,8 @@ class ModelSuite:
         return {k: np.ascontiguousarray(torch.cat(v).numpy(), dtype=np.float32) for k, v in parts.items()}
 
     def embed(self, images: Any, labels: np.ndarray | None = None, batch_size: int = 256,
-              progress: bool = False, on_progress: Callable[[int, int, str], None] | None = None,
-              ) -> dict[str, Embeddings]:
+              progress: bool = False, on_progress: Callable[[int, int, str], None] | None = None, *,
+              whole_split: bool = False) -> dict[str, Embeddings]:
         """Embed images into the bundles the engine evaluates, one per available variant.
 
         Parameters
@@ -250,7 +252,7 @@ class ModelSuite:
         "full": Embeddings(labels, old, new, transformed=psi_mc(new))`` (if psi_mc),
         ``"full_rho": Embeddings(labels, old, new=rho(new), transformed=psi_mc_rho(rho(new)))}`` (if rho).
         """
-        arrays = self.embed_arrays(images, batch_size, progress, on_progress)
+        arrays = self.embed_arrays(images, batch_size, progress, on_progress, whole_split=whole_split)
         out = {"base": Embeddings(labels, arrays["old"], arrays["new"], transformed=arrays.get("transformed"),
                                   bct=arrays.get("bct"))}
         if "transformed_mc" in arrays:
@@ -361,7 +363,7 @@ def embed_split(
     if variant not in suite.variants:
         need = {"full": "psi_mc.pt", "full_rho": "psi_mc_rho.pt and rho_mc.pt"}[variant]
         raise ValueError(f"variant {variant!r} needs {need} in {suite_dir}")
-    bundle = suite.embed(ds.images, ds.labels, batch_size=batch_size, progress=progress)[variant]
+    bundle = suite.embed(ds.images, ds.labels, batch_size=batch_size, progress=progress, whole_split=True)[variant]
     out.parent.mkdir(parents=True, exist_ok=True)
     bundle.save(out)
     record_path.write_text(json.dumps(record, indent=2) + "\n")

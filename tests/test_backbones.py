@@ -134,7 +134,7 @@ def test_heads_train_on_cached_features_and_form_a_suite(tiny_cifar, feature_cac
     assert cards["psi"]["training"]["train_features"] == 400
     loaded = ModelSuite.load(suite)
     test = np.load(tiny_cifar / "test.npz")
-    from_cache = loaded.embed_arrays(test["images"])
+    from_cache = loaded.embed_arrays(test["images"], whole_split=True)
     from_pixels = loaded.embed_arrays(list(test["images"][:4]))  # the upload path: PIL steps, live backbone
     for key in ("old", "new", "bct", "transformed_mc"):
         np.testing.assert_allclose(from_cache[key][:4], from_pixels[key], atol=1e-4)

@@ -321,7 +321,7 @@ def embed_gallery(suite, gallery: ImageDataset, batch_size: int, report: Progres
         def on_progress(done: int, total: int, backbone: str) -> None:
             report(done / total, f"{backbone} features of the gallery (once, then cached): {done:,}/{total:,} images")
 
-        embedded = suite.embed(images, labels, on_progress=on_progress)
+        embedded = suite.embed(images, labels, on_progress=on_progress, whole_split=True)
         return {f"{v}/{a}": emb.array(a) for v, emb in embedded.items() for a in emb.available}
     parts: list[dict[str, Embeddings]] = []
     for start in range(0, n, batch_size):
