@@ -24,9 +24,10 @@ from backfill.ordering import random_order
 
 
 def train(x: torch.Tensor, y: torch.Tensor, classes: int, *, epochs: int, lr: float, weight_decay: float,
-          hidden: int, backbone: str, seed: int = 0) -> PretrainedNet:
+          hidden: int, backbone: str, seed: int = 0, label_smoothing: float = 0.1,
+          logit_scale: float = 16.0) -> PretrainedNet:
     torch.manual_seed(seed)
-    model = PretrainedNet(backbone, hidden=hidden, embedding_dim=128, num_classes=classes)
+    model = PretrainedNet(backbone, hidden=hidden, embedding_dim=128, num_classes=classes, logit_scale=logit_scale)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = len(y) // 256
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps, pct_start=0.2)
@@ -38,7 +39,7 @@ def train(x: torch.Tensor, y: torch.Tensor, classes: int, *, epochs: int, lr: fl
         for s in range(steps):
             idx = perm[s * 256:(s + 1) * 256]
             _, logits = model.forward_features(x[view[idx], idx])
-            loss = F.cross_entropy(logits, y[idx], label_smoothing=0.1)
+            loss = F.cross_entropy(logits, y[idx], label_smoothing=label_smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -150,10 +150,17 @@ def test_cli_trains_a_head_and_refuses_options_of_other_models(tiny_cifar, featu
             "--resolution", "32", "--hidden", "16", "--dim", "8", "--epochs", "1", "--no-progress", "--out", str(out)]
     assert main([*base, "--width", "8"]) == 2
     assert "--width does not apply to --backbone" in capsys.readouterr().err
-    assert main(base) == 0 and out.is_file()
+    assert main([*base, "--logit-scale", "0"]) == 2
+    assert "--logit-scale must be positive" in capsys.readouterr().err
+    assert main([*base, "--logit-scale", "5"]) == 0 and out.is_file()
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["model"]["arch"] == "pretrained" and card["backbone"]["views"] == ["clean"]
+    assert card["model"]["logit_scale"] == 5.0 and card["training"]["logit_scale"] == 5.0
+    assert load_checkpoint(out)[0].logit_scale == 5.0
     assert "--backbone efficientnet_lite0" in card["command"]
     assert main(["train", "new", "--dataset", "cifar100", "--data", str(tiny_cifar), "--resolution", "64",
                  "--out", str(tmp_path / "new.pt")]) == 2
     assert "--resolution is an option of --backbone" in capsys.readouterr().err
+    assert main(["train", "new", "--dataset", "cifar100", "--data", str(tiny_cifar), "--logit-scale", "8",
+                 "--out", str(tmp_path / "new.pt")]) == 2
+    assert "--logit-scale is an option of --backbone" in capsys.readouterr().err

@@ -50,7 +50,8 @@ def suite_dir(tmp_path_factory, data_dir):
     assert main(common + ["--loss", "regression", "--out", str(directory / "psi_regression.pt")]) == 0
     assert main(common + ["--loss", "mc", "--temperature", "0.1", "--hard-negatives", "5",
                           "--out", str(directory / "psi_mc.pt")]) == 0
-    assert main(common + ["--loss", "mc", "--rho", "--out", str(directory / "psi_mc_rho.pt")]) == 0
+    assert main(common + ["--loss", "mc", "--rho", "--hidden", "20", "--regression-weight", "0",
+                          "--out", str(directory / "psi_mc_rho.pt")]) == 0
     return directory
 
 
@@ -65,6 +66,8 @@ def test_train_transform_writes_cards_with_provenance(suite_dir):
     rho = json.loads((suite_dir / "rho_mc.json").read_text())
     psi_rho = json.loads((suite_dir / "psi_mc_rho.json").read_text())
     assert psi_rho["rho_model"]["sha256"] == rho["weights_sha256"]
+    assert psi_rho["training"]["hidden"] == 20 and psi_rho["training"]["regression_weight"] == 0
+    assert psi_rho["model"]["hidden"] == 20 and psi["model"]["hidden"] == 2 * 12  # the default: 2 x max(d_o, d_n)
     # The three runs share one feature cache; the suite they form loads and validates.
     assert (suite_dir / "feats.npz").is_file()
     assert ModelSuite.load(suite_dir).variants == ["base", "full", "full_rho"]

@@ -37,6 +37,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--resolution", type=int, default=None,
                    help="--backbone: side the 32 px images are upsampled to (default 128)")
     g.add_argument("--hidden", type=int, default=None, help="--backbone: hidden width of the head (default 512)")
+    g.add_argument("--logit-scale", type=float, default=None,
+                   help="--backbone: scale s of the cosine classifier, logits = s cos (default 8)")
     g.add_argument("--flip", action="store_true",
                    help="--backbone: also train on the features of mirrored images (a second cached view)")
     g = common.add_argument_group("optimisation")
@@ -75,9 +77,9 @@ def _run_train_backbone(args: argparse.Namespace) -> int:
 
     if args.backbone:
         return _run_train_head(args)
-    for flag in ("resolution", "hidden"):
+    for flag in ("resolution", "hidden", "logit_scale"):
         if getattr(args, flag) is not None:
-            raise ValueError(f"--{flag} is an option of --backbone")
+            raise ValueError(f"--{flag.replace('_', '-')} is an option of --backbone")
     cfg = TrainConfig(
         kind=args.train_kind, dataset=args.dataset, out=args.out, data=args.data, download=args.download,
         classes=args.classes, arch=args.arch, depth=args.depth, width=args.width, dim=args.dim,
@@ -100,7 +102,7 @@ def _run_train_head(args: argparse.Namespace) -> int:
     cfg = default_config(
         kind=args.train_kind, backbone=args.backbone, dataset=args.dataset, out=args.out, data=args.data,
         download=args.download, classes=args.classes, old=getattr(args, "old", None),
-        resolution=args.resolution, hidden=args.hidden, dim=args.dim, epochs=args.epochs,
+        resolution=args.resolution, hidden=args.hidden, logit_scale=args.logit_scale, dim=args.dim, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.head_weight_decay, flip=args.flip,
         label_smoothing=args.label_smoothing, bct_weight=getattr(args, "bct_weight", None), seed=args.seed,
         device=args.device, threads=args.threads, progress=not args.no_progress,
@@ -151,6 +153,8 @@ def _add_train_transform(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="default 15")
     p.add_argument("--batch-size", type=int, default=None, help="default 256")
     p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--hidden", type=int, default=None, metavar="N",
+                   help="psi's hidden width (default 2 x the larger embedding dimension)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: one per core)")
@@ -166,7 +170,7 @@ def _run_train_transform(args: argparse.Namespace) -> int:
     if args.rho and args.loss != "mc":
         raise ValueError("--rho needs --loss mc (rho is trained by the metric-compatible loss)")
     options = {"temperature": args.temperature, "regression_weight": args.regression_weight,
-               "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
+               "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "hidden": args.hidden}
     config = TransformConfig(loss=args.loss, denominator=args.denominator, rho=args.rho, views=args.views,
                              seed=args.seed, device=args.device,
                              **{key: value for key, value in options.items() if value is not None})
