@@ -293,8 +293,9 @@ def _architecture(card: dict[str, Any]) -> str:
         return f"{m['arch']} " + (f"linear {d_in}->{d_out}" if m.get("hidden") is None
                                   else f"MLP {d_in}->{m['hidden']}->{d_out}")
     if m.get("arch") == "pretrained":
+        scale = f", cosine classifier s = {m['logit_scale']:g}" if m.get("logit_scale") else ""
         return (f"frozen {m['backbone']} ({m['resolution']} px) + head {m['hidden']}->{card.get('embedding_dim')}"
-                f"{' (flip view)' if 'flip' in card.get('backbone', {}).get('views', []) else ''}")
+                f"{scale}{' (flip view)' if 'flip' in card.get('backbone', {}).get('views', []) else ''}")
     depth = f"-{m['depth']}" if "depth" in m else ""
     return f"{m.get('arch')}{depth} width {m.get('width')}, dim {card.get('embedding_dim')}"
 
