@@ -1,8 +1,9 @@
 """Live backfilling on this machine: job throughput against the model alone, search latency idle and during
 the job, and the store alone at a synthetic scale (exact and HNSW with recall).
 
-    nice -n 10 python benchmarks/live_backfill.py                  # Fashion-MNIST train+test (70,000 items)
-    nice -n 10 python benchmarks/live_backfill.py --synthetic 1000000 --hnsw 100000
+    python benchmarks/live_backfill.py --synthetic 0 --hnsw 0          # Fashion-MNIST train+test (70,000 items)
+    python benchmarks/live_backfill.py --skip-gallery --synthetic 1000000 --hnsw 100000   # the store alone
+    python benchmarks/live_backfill.py --store postgresql://u:p@host/scratch --ray-address auto   # a server, a cluster
 
 Parts:
 1. model alone: the same images (PNG bytes in memory), decoded and embedded by the new model with the same
@@ -122,12 +123,13 @@ def _search_loop(client, png: bytes, *, stop, interval: float = 0.0) -> dict[str
     return out
 
 
-def run_job(store_dir: Path, *, limit: int | None, workers: int, batch_size: int, threads: int, store,
-            during=None) -> dict:
+def run_job(store_dir: str, *, limit: int | None, workers: int, batch_size: int, threads: int, store,
+            ray_address: str | None = None, during=None) -> dict:
     """Run the job CLI; poll the store for its steady rate; ``during()`` runs meanwhile (returns its result)."""
     cmd = [sys.executable, "-m", "backfill.cli", "gallery", "backfill", "--store", str(store_dir), "--suite",
            str(SUITE), "--workers", str(workers), "--batch-size", str(batch_size), "--threads", str(threads),
-           "--no-progress"] + (["--limit", str(limit)] if limit else [])
+           "--no-progress"] + (["--limit", str(limit)] if limit else []) + (
+           ["--ray-address", ray_address] if ray_address else [])
     start_done = store.status()["backfilled"]
     t0 = time.perf_counter()
     job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -160,13 +162,12 @@ def run_job(store_dir: Path, *, limit: int | None, workers: int, batch_size: int
     return {"items": samples[-1][1] - start_done, "wall": wall, "steady": steady, "during": result}
 
 
-def synthetic(n: int, *, hnsw: bool, queries: int = 30, seed: int = 0) -> dict:
+def synthetic(n: int, *, hnsw: bool, store_uri: str | None = None, queries: int = 30, seed: int = 0) -> dict:
     """The store alone: n random unit vectors (128-d both spaces), half backfilled; exact (and HNSW) search."""
     from backfill.live.store import open_store
 
     rng = np.random.default_rng(seed)
-    tmp = Path(tempfile.mkdtemp(prefix="live_bench_syn"))
-    store = open_store(tmp / "store", create=True)
+    store = open_store(store_uri or Path(tempfile.mkdtemp(prefix="live_bench_syn")) / "store", create=True)
     store.create(d_old=128, d_new=128, meta={"dataset": "synthetic"}, replace=True)
     t = time.perf_counter()
     chunk = 50_000
@@ -235,6 +236,10 @@ def main() -> int:
     p.add_argument("--synthetic", type=int, default=1_000_000, help="store-alone items (0: skip)")
     p.add_argument("--hnsw", type=int, default=100_000, help="store-alone items for the HNSW part (0: skip)")
     p.add_argument("--skip-gallery", action="store_true", help="only the store-alone part")
+    p.add_argument("--store", default=None, metavar="URI",
+                   help="a scratch PostgreSQL database (postgresql://...; its gallery is REPLACED) instead of a "
+                        "temporary embedded one")
+    p.add_argument("--ray-address", default=None, metavar="ADDR", help="run the job's actors on this Ray cluster")
     p.add_argument("--ann", action="store_true",
                    help="gallery part: build HNSW indexes after the first half and serve with --ann")
     args = p.parse_args()
@@ -247,7 +252,7 @@ def main() -> int:
         from backfill.suite import ModelSuite
 
         suite = ModelSuite.load(SUITE)
-        store_dir = Path(tempfile.mkdtemp(prefix="live_bench")) / "store"
+        store_dir = args.store or str(Path(tempfile.mkdtemp(prefix="live_bench")) / "store")
         store = open_store(store_dir, create=True)
         print("loading Fashion-MNIST train+test...", file=sys.stderr)
         pngs = load_fashion_mnist(store, suite)
@@ -256,7 +261,7 @@ def main() -> int:
         base = model_alone(pngs[: n // 2], workers=args.workers, batch_size=args.batch_size, threads=args.threads)
         print("job, first half...", file=sys.stderr)
         job = run_job(store_dir, limit=n // 2, workers=args.workers, batch_size=args.batch_size,
-                      threads=args.threads, store=store)
+                      threads=args.threads, store=store, ray_address=args.ray_address)
         hnsw_s = None
         if args.ann:
             t = time.perf_counter()
@@ -278,7 +283,7 @@ def main() -> int:
         idle = {key: v[20:] for key, v in _search_loop(client, png, stop=lambda: next(count, None) is None).items()}
         print("job, second half with searches...", file=sys.stderr)
         job2 = run_job(store_dir, limit=None, workers=args.workers, batch_size=args.batch_size,
-                       threads=args.threads, store=store,
+                       threads=args.threads, store=store, ray_address=args.ray_address,
                        during=lambda stop: _search_loop(client, png, stop=stop, interval=0.02))
         client.close()
         server.terminate()
@@ -307,7 +312,7 @@ def main() -> int:
         if not n_syn:
             continue
         print(f"store alone, {n_syn:,} synthetic items{' + HNSW' if hnsw else ''}...", file=sys.stderr)
-        s = synthetic(n_syn, hnsw=hnsw)
+        s = synthetic(n_syn, hnsw=hnsw, store_uri=args.store)
         rows += [(f"store alone {n_syn:,}: COPY load, new-vector writes/s (no vector index)",
                   f"{s['load_s']:.0f} s, {s['write_rate']:,.0f}/s", ""),
                  (f"store alone {n_syn:,}: exact search p50 / p99 (both sides, half backfilled)",
