@@ -121,10 +121,18 @@ def test_writes_are_conditional_and_searches_consistent(store):
     assert top.id == ids[0] and top.score == pytest.approx(1.0, abs=1e-5)
 
 
-def test_hnsw_search_returns_k_rows_close_to_exact(store):
-    """With HNSW indexes built and rows moved out of the pending partition afterwards (its index still lists
-    them), iterative scans still return k unique rows per search, from the right spaces, close to exact."""
-    store.build_hnsw()
+def test_hnsw_search_returns_k_rows_close_to_exact(store_dir, store, capsys):
+    """With HNSW indexes built (`gallery index`) and rows moved out of the pending partition afterwards (its
+    index still lists them), iterative scans still return k unique rows per search, close to exact."""
+    from backfill.cli import main
+
+    assert main(["gallery", "index", "--store", str(store_dir), "--m", "1"]) == 2
+    assert "--m must be at least 2" in capsys.readouterr().err
+    assert main(["gallery", "index", "--store", str(store_dir)]) == 0
+    assert "HNSW indexes built" in capsys.readouterr().out
+    indexes = {r[0] for r in store.conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'backfill' "
+                                                "AND indexdef LIKE '%hnsw%'").fetchall()}
+    assert indexes == {"vec_old_pending_hnsw", "vec_new_hnsw"}
     ids = store.pending_ids(order="random", limit=60)
     rng = np.random.default_rng(1)
     vecs = rng.normal(size=(60, 128)).astype(np.float32)

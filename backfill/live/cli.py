@@ -1,4 +1,4 @@
-"""``backfill gallery load|backfill|status|export`` and ``backfill serve`` (imports are lazy: ``backfill --help``
+"""``backfill gallery load|backfill|status|export|index`` and ``backfill serve`` (imports are lazy: ``backfill --help``
 works without the ``serve`` extra, and a command that needs it says how to install it)."""
 
 from __future__ import annotations
@@ -53,6 +53,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", required=True, metavar="STORE", help=_STORE_HELP)
     p.add_argument("--out", required=True, metavar="EMB.npz")
     p.set_defaults(handler=_run_export)
+
+    p = gsub.add_parser("index", help="build HNSW indexes for `serve --ann` (pending old vectors, new vectors)")
+    p.add_argument("--store", required=True, metavar="STORE", help=_STORE_HELP)
+    p.add_argument("--m", type=int, default=16, help="HNSW links per node (default 16)")
+    p.add_argument("--ef-construction", type=int, default=64, help="HNSW build candidate list (default 64)")
+    p.set_defaults(handler=_run_index)
 
     p = sub.add_parser("serve", help="HTTP search service over a live gallery (FastAPI; docs at /docs)",
                        description="Answer searches with the online-backfilling methods while the job runs: "
@@ -124,6 +130,24 @@ def _run_export(args: argparse.Namespace) -> int:
     done = int(arrays["backfilled"].sum())
     print(f"{args.out}: {arrays['ids'].size} items, {done} backfilled"
           + ("" if done == arrays["ids"].size else " (new rows of pending items are NaN)"))
+    return 0
+
+
+def _run_index(args: argparse.Namespace) -> int:
+    _need_extra()
+    import time
+
+    from backfill.live.store import open_store
+
+    for name in ("m", "ef_construction"):
+        if getattr(args, name) < 2:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 2, got {getattr(args, name)}")
+    with open_store(args.store) as store:
+        store.require_loaded()
+        t = time.perf_counter()
+        store.build_hnsw(m=args.m, ef_construction=args.ef_construction)
+    print(f"{args.store}: HNSW indexes built in {time.perf_counter() - t:.1f} s; search them with `backfill serve "
+          "--ann` (every later backfilled item is also an index insertion, which slows the job)")
     return 0
 
 
