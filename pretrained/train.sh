@@ -21,9 +21,10 @@ transforms() {  # transforms DIR [ablation]: psi (regression), psi (metric-compa
   [ -f "$dir/psi_mc.pt" ] || backfill train transform "${common[@]}" --loss mc --out "$dir/psi_mc.pt"
   [ -f "$dir/psi_mc_rho.pt" ] || backfill train transform "${common[@]}" --loss mc --rho --out "$dir/psi_mc_rho.pt"
   if [ "${2:-}" = ablation ]; then  # the L_MC ablation: old-space only, new-space only, separate denominators
-    # The new-space-only loss gives psi no gradient, so that denominator trains rho too (psi gets the regression term).
+    # The new-space-only loss gives psi no gradient, so that denominator trains rho too and psi gets the
+    # regression term (weight 1, whatever the dataset's default).
     for v in old new separate; do
-      local extra=(); [ "$v" = new ] && extra=(--rho)
+      local extra=(); [ "$v" = new ] && extra=(--rho --regression-weight 1)
       [ -f "$dir/ablation/psi_mc_$v.pt" ] || { mkdir -p "$dir/ablation"; backfill train transform "${common[@]}" \
         --loss mc --denominator "$v" "${extra[@]}" --out "$dir/ablation/psi_mc_$v.pt"; }
     done
@@ -55,8 +56,9 @@ case "$dataset" in
       train new "$h/new.pt" "${lite2[@]}"
       train bct "$h/bct.pt" --old "$h/old.pt" "${lite2[@]}"
     }
-    # psi / rho: 40 epochs instead of 15 (held-out sweep on the homogeneous train features, benchmarks/README.md)
-    transform_options=(--epochs 40)
+    # psi / rho: 40 epochs instead of 15, psi's hidden width 1024 instead of 256, and pure L_MC (no regression
+    # term): held-out sweeps on the homogeneous train features, benchmarks/README.md
+    transform_options=(--epochs 40 --hidden 1024 --regression-weight 0)
     heads() { transforms "$d" ablation; transforms "$h"; }
     ablation() { transforms "$d" ablation; }
     ;;
