@@ -7,6 +7,10 @@ split (queries = gallery, leave-one-out, 21 points, random order): old/old and n
 relative gain, and the other-class score percentiles of both spaces. The test split plays no part.
 
     python benchmarks/sweep_merge.py --data ../shared/data/cifar100 [--grid '[{"logit_scale": 8}]']
+
+``--psi-grid '[{"loss": "mc"}, ...]'`` also trains psi (``TransformConfig`` options) for each head row on the
+embeddings of the heads' own 400 images per class and scores the full method (``rt_merge``) on the other 100:
+images that neither the heads nor psi saw, unlike ``sweep_mc.py``, whose held-out images the heads trained on.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from backfill.embeddings import Embeddings
 from backfill.evaluation import evaluate_curve
 from backfill.metrics import relative_gain
 from backfill.ordering import random_order
+from backfill.transform_training import TransformConfig, fit_transform
 
 _spec = importlib.util.spec_from_file_location("sweep_heads", Path(__file__).with_name("sweep_heads.py"))
 sweep_heads = importlib.util.module_from_spec(_spec)
@@ -53,6 +58,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
     p.add_argument("--grid", default=None, help="JSON list of overrides of the default head options")
+    p.add_argument("--psi-grid", default=None, help="JSON list of TransformConfig options to score per head row")
     args = p.parse_args()
     torch.set_num_threads(2)
     grid = json.loads(args.grid) if args.grid else GRID
@@ -68,11 +74,12 @@ def main() -> None:
     for overrides in grid:
         cfg = {**DEFAULT, **overrides}
         t = time.perf_counter()
-        heads = {}
+        heads, fitted = {}, {}
         for kind, rows, classes in (("old", fit_old, 50), ("new", fit, 100)):
             x = torch.from_numpy(feats[rows][None])
             y = torch.from_numpy(ds.labels[rows]).long()
-            heads[kind] = embed(sweep_heads.train(x, y, classes, backbone="efficientnet_lite0", **cfg), feats[val])
+            model = sweep_heads.train(x, y, classes, backbone="efficientnet_lite0", **cfg)
+            heads[kind], fitted[kind] = embed(model, feats[val]), embed(model, feats[fit])
         bundle = Embeddings(y_val, heads["old"], heads["new"])
         auc = {s: float(evaluate_curve(s, bundle, bundle, order, leave_one_out=True).map.mean())
                for s in ("old", "new", "rank_merge")}
@@ -83,6 +90,19 @@ def main() -> None:
         print(f"{json.dumps(overrides):<40} {auc['old']:8.4f} {auc['new']:8.4f} {gain:9.3f} "
               f"{old_neg[0]:8.3f}/{old_neg[1]:.3f} {new_neg[0]:8.3f}/{new_neg[1]:.3f} "
               f"{time.perf_counter() - t:8.1f}", flush=True)
+        for options in json.loads(args.psi_grid) if args.psi_grid else []:
+            t = time.perf_counter()
+            psi, rho, _ = fit_transform(fitted["old"], fitted["new"], ds.labels[fit], TransformConfig(**options),
+                                        progress=False)
+            with torch.no_grad():
+                q_new = torch.from_numpy(heads["new"])
+                q_new = rho(q_new) if rho is not None else q_new
+                transformed = psi(q_new).numpy()
+            full = Embeddings(y_val, heads["old"], q_new.numpy(), transformed=transformed)
+            curve = evaluate_curve("rt_merge", full, full, order, leave_one_out=True)
+            psi_gain = relative_gain(float(curve.map.mean()), auc["old"], auc["new"])
+            print(f"    psi {json.dumps(options)}: full gain {psi_gain:.3f}, mAP at 0 / 100% "
+                  f"{curve.map[0]:.4f} / {curve.map[-1]:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
