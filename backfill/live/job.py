@@ -36,14 +36,8 @@ class EmbedAndWrite:
     """Ray Data callable class (one per actor): holds the suite's new model and a store connection.
 
     ``__call__`` takes a batch of ids, reads the still-pending ones' images, embeds them with the new model and
-    writes them conditionally, in chunks of ``chunk_size`` items: one thread makes the store calls in order
-    (reading chunk i+1, writing chunk i-1) while the model embeds chunk i, so the actor does not sit idle on
-    database round trips (about 15% of a batch's time with the embedded server here, more with a remote one).
-    An unreadable image raises :class:`backfill.images.ImageLoadError` naming the item; the chunks before it
-    are written (they are valid), the batch's later ones stay pending.
+    writes them conditionally. An unreadable image raises :class:`backfill.images.ImageLoadError` naming the item.
     """
-
-    chunk_size: int = 64
 
     def __init__(self, uri: str, suite_dir: str, model: str, threads: int | None = None) -> None:
         import torch
@@ -57,36 +51,22 @@ class EmbedAndWrite:
         self.store = PgVectorStore(uri)
         self.model = model
 
-    def _embed(self, rows: list[tuple[int, bytes]]) -> np.ndarray:
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from backfill.images import ImageLoadError, load_image
         from backfill.live.gallery import embed_new
 
-        images = []
-        for item, data in rows:
-            try:
-                images.append(load_image(data))
-            except ImageLoadError as exc:
-                raise ImageLoadError(f"gallery item {item}: {exc}") from None
-        return embed_new(self.suite, images)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from concurrent.futures import ThreadPoolExecutor
-
         ids = np.asarray(batch["data"], dtype=np.int64)  # from_numpy names the column "data"
-        chunks = [ids[i:i + self.chunk_size] for i in range(0, len(ids), self.chunk_size)]
-        writes = []
-        # Leaving the block waits for every store call already submitted, also when an image fails.
-        with ThreadPoolExecutor(max_workers=1) as store_calls:
-            reading = store_calls.submit(self.store.pending_images, chunks[0]) if chunks else None
-            for i in range(len(chunks)):
-                rows = reading.result()  # already-written items (a replay after a kill) are skipped
-                if i + 1 < len(chunks):
-                    reading = store_calls.submit(self.store.pending_images, chunks[i + 1])
-                if rows:
-                    vectors = self._embed(rows)
-                    writes.append(store_calls.submit(self.store.write_new, np.array([r[0] for r in rows]), vectors,
-                                                     model=self.model))
-        written = sum(w.result() for w in writes)
+        rows = self.store.pending_images(ids)  # already-written items (a replay after a kill) are skipped
+        written = 0
+        if rows:
+            images = []
+            for item, data in rows:
+                try:
+                    images.append(load_image(data))
+                except ImageLoadError as exc:
+                    raise ImageLoadError(f"gallery item {item}: {exc}") from None
+            vectors = embed_new(self.suite, images)
+            written = self.store.write_new(np.array([r[0] for r in rows]), vectors, model=self.model)
         return {"seen": np.array([len(ids)]), "written": np.array([written])}
 
 
