@@ -32,9 +32,16 @@ from backfill.metrics import relative_gain
 from backfill.ordering import random_order
 from backfill.transform_training import TransformConfig, fit_transform
 
-_spec = importlib.util.spec_from_file_location("sweep_heads", Path(__file__).with_name("sweep_heads.py"))
-sweep_heads = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sweep_heads)
+
+def _sibling(name: str):
+    """Another script of this folder as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sweep_heads, sweep_mc = _sibling("sweep_heads"), _sibling("sweep_mc")
 
 DEFAULT = dict(epochs=60, lr=2e-3, weight_decay=1e-4, hidden=512, label_smoothing=0.1, logit_scale=16.0)
 GRID = [{}, {"logit_scale": 8.0}, {"logit_scale": 32.0}, {"label_smoothing": 0.0}, {"epochs": 15},
@@ -94,16 +101,9 @@ def main() -> None:
             t = time.perf_counter()
             psi, rho, _ = fit_transform(fitted["old"], fitted["new"], ds.labels[fit], TransformConfig(**options),
                                         progress=False)
-            with torch.no_grad():
-                q_new = torch.from_numpy(heads["new"])
-                q_new = rho(q_new) if rho is not None else q_new
-                transformed = psi(q_new).numpy()
-            full = Embeddings(y_val, heads["old"], q_new.numpy(), transformed=transformed)
-            curve = evaluate_curve("rt_merge", full, full, order, leave_one_out=True)
-            psi_gain = relative_gain(float(curve.map.mean()), auc["old"], auc["new"])
-            print(f"    psi {json.dumps(options)}: full gain {psi_gain:.3f}, mAP at 0 / 100% "
-                  f"{curve.map[0]:.4f} / {curve.map[-1]:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
-
+            r = sweep_mc.score(psi, rho, heads["old"], heads["new"], y_val, order)
+            print(f"    psi {json.dumps(options)}: full gain {r['relative_gain']:.3f}, mAP at 0 / 100% "
+                  f"{r['map_at_0']:.4f} / {r['map_at_100']:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
 
 if __name__ == "__main__":
     main()

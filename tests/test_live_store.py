@@ -127,7 +127,9 @@ def test_hnsw_search_returns_k_rows_close_to_exact(store_dir, store, capsys):
     from backfill.cli import main
 
     assert main(["gallery", "index", "--store", str(store_dir), "--m", "1"]) == 2
-    assert "--m must be at least 2" in capsys.readouterr().err
+    assert "HNSW m must be in [2, 100], got 1" in capsys.readouterr().err
+    assert main(["gallery", "index", "--store", str(store_dir), "--m", "40"]) == 2  # ef_construction 64 < 2 m
+    assert "HNSW ef_construction must be in [max(4, 2 m), 1000] = [80, 1000], got 64" in capsys.readouterr().err
     assert main(["gallery", "index", "--store", str(store_dir)]) == 0
     assert "HNSW indexes built" in capsys.readouterr().out
     indexes = {r[0] for r in store.conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'backfill' "

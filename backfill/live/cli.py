@@ -139,9 +139,6 @@ def _run_index(args: argparse.Namespace) -> int:
 
     from backfill.live.store import open_store
 
-    for name in ("m", "ef_construction"):
-        if getattr(args, name) < 2:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 2, got {getattr(args, name)}")
     with open_store(args.store) as store:
         store.require_loaded()
         t = time.perf_counter()

@@ -257,6 +257,12 @@ class PgVectorStore:
         make every backfilled item an HNSW insertion there as well. The job maintains the ``vec_new`` index on
         every write, which costs write throughput (``benchmarks/live_backfill.py`` measures it).
         """
+        # pgvector's own limits, checked here so that a bad value is a one-line error, not a server traceback.
+        if not 2 <= m <= 100:
+            raise StoreError(f"HNSW m must be in [2, 100], got {m}")
+        if not max(4, 2 * m) <= ef_construction <= 1000:
+            raise StoreError(f"HNSW ef_construction must be in [max(4, 2 m), 1000] = [{max(4, 2 * m)}, 1000], "
+                             f"got {ef_construction}")
         conn = self.conn
         conn.execute("SET maintenance_work_mem = '512MB'")
         for table, col in (("vec_old_pending", "old"), ("vec_new", "new")):
