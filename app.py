@@ -82,21 +82,30 @@ def explorer_args() -> tuple:
 
 
 # ------------------------------------------------------------------------------------------ shared state
+WIDGET_DEFAULTS = {"dataset": "fashion_mnist", "order": "random", "percent": 50, "k": 8}
+
+
 def restore_from_url() -> None:
-    """On a session's first run, seed the widgets from the link (``?dataset=...&order=...&p=30``)."""
+    """On a session's first run, seed the widgets from the link (``?dataset=...&order=...&p=30``).
+
+    On later runs, only put back a default that went missing, so that a widget whose state Streamlit dropped
+    shows the page's default rather than its own minimum (a top-k of 1).
+    """
     if st.session_state.get("_restored"):
+        for key, default in WIDGET_DEFAULTS.items():
+            st.session_state.setdefault(key, default)
         return
     st.session_state["_restored"] = True
     params, state = st.query_params, st.session_state
-    dataset = params.get("dataset", "fashion_mnist")
-    state.setdefault("dataset", dataset if dataset in DATASETS else "fashion_mnist")
+    dataset = params.get("dataset", "")
+    state.setdefault("dataset", dataset if dataset in DATASETS else WIDGET_DEFAULTS["dataset"])
     if params.get("setting") in ex.available_settings(state["dataset"]):
         state.setdefault(f"setting_{state['dataset']}", params["setting"])
-    order = params.get("order", "random")
-    state.setdefault("order", order if order in ex.APP_ORDERS else "random")
-    for key, param, low, high, default in (("percent", "p", 0, 100, 50), ("k", "k", 1, 20, 8)):
+    order = params.get("order", "")
+    state.setdefault("order", order if order in ex.APP_ORDERS else WIDGET_DEFAULTS["order"])
+    for key, param, low, high in (("percent", "p", 0, 100), ("k", "k", 1, 20)):
         value = params.get(param, "")
-        state.setdefault(key, int(value) if value.isdigit() and low <= int(value) <= high else default)
+        state.setdefault(key, int(value) if value.isdigit() and low <= int(value) <= high else WIDGET_DEFAULTS[key])
     if params.get("sample", "").isdigit():
         state["url_sample"] = int(params["sample"])
 
@@ -188,17 +197,25 @@ def wait_for_gallery(explorer: ex.Explorer) -> None:
         status.update(label="Gallery embedded", state="complete", expanded=False)
 
 
-@st.fragment(run_every=0.5)
-def curve_progress(explorer: ex.Explorer, order: str, methods: list[str]) -> None:
-    """While curves are computed in the background: their progress, then one rerun that shows them."""
+def wait_for_curves(explorer: ex.Explorer, order: str, methods: list[str], slot) -> None:
+    """Until the worker has the curves: their progress in ``slot`` (returns at once when they are ready).
+
+    A loop at the end of the script, rather than a ``run_every`` fragment that reruns the app when done: a
+    widget change simply interrupts the loop, whereas the fragment's timed reruns could preempt the run an
+    upload started (the upload then showed partial results and the sidebar's top-k fell back to 1).
+    """
     needed = list(dict.fromkeys([*ex.REFERENCE_METHODS, *methods]))
-    pending = explorer.pending(order, methods)
-    if not pending:
-        st.rerun()
-    done = len(needed) - len(pending)
-    st.progress(done / len(needed), text=f"Evaluating the curves ({get_order(order).label}): {done} of "
-                                         f"{len(needed)} ready, next {explorer.label(pending[0])}. The results "
-                                         "on the left are live meanwhile.")
+    while pending := explorer.pending(order, methods):
+        failed = [explorer.worker.errors[key] for key in (("curve", order, m) for m in pending)
+                  if key in explorer.worker.errors]
+        if failed:
+            slot.error(f"Evaluating the curves failed: {failed[0]}")
+            st.stop()
+        done = len(needed) - len(pending)
+        slot.progress(done / len(needed), text=f"Evaluating the curves ({get_order(order).label}): {done} of "
+                                               f"{len(needed)} ready, next {explorer.label(pending[0])}. The "
+                                               "results on the left are live meanwhile.")
+        time.sleep(0.25)
 
 
 # ------------------------------------------------------------------------------------------ sections
@@ -385,23 +402,23 @@ def main() -> None:
     percent = st.slider("Re-embedded with the new model (%)", 0, 100, step=step, key="percent")
     ratio = percent / 100.0
     share_in_url(config)
-    ready = explorer.is_ready(order, methods)
     st.markdown(f"**At {percent}% re-embedded**")
-    rows = headline(explorer, methods, order, ratio) if ready else None
-
+    headline_slot = st.container()
     left, right = st.columns([3, 2], gap="large")
     with left:
         query = query_header(explorer, queries)
         shown = [(query, results(explorer, query, methods, ratio, order, config["k"]))]
-    with right:
-        if ready:
-            series, refs, labels = curves(explorer, methods, order, ratio)
-        else:
-            curve_progress(explorer, order, methods)
-    if ready:
+    chart_slot, table_slot = right.empty(), st.container()
+    teaching(explorer, key)
+    # The curves come last, into the slots above: the rest of the page is live while the worker computes them.
+    wait_for_curves(explorer, order, methods, chart_slot)
+    with headline_slot:
+        rows = headline(explorer, methods, order, ratio)
+    with chart_slot.container():
+        series, refs, labels = curves(explorer, methods, order, ratio)
+    with table_slot:
         table(rows)
         downloads(explorer, shown, ratio, order, series, refs, labels)
-    teaching(explorer, key)
 
 
 main()
