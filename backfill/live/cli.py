@@ -58,6 +58,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", required=True, metavar="STORE", help=_STORE_HELP)
     p.add_argument("--m", type=int, default=16, help="HNSW links per node (default 16)")
     p.add_argument("--ef-construction", type=int, default=64, help="HNSW build candidate list (default 64)")
+    p.add_argument("--side", choices=("old", "new", "both"), default="both",
+                   help="which side: old = the pending old vectors (cheap to keep during a job: rows only leave), "
+                        "new = the new vectors (every backfilled item is an insertion); default both")
     p.set_defaults(handler=_run_index)
 
     p = sub.add_parser("serve", help="HTTP search service over a live gallery (FastAPI; docs at /docs)",
@@ -142,9 +145,11 @@ def _run_index(args: argparse.Namespace) -> int:
     with open_store(args.store) as store:
         store.require_loaded()
         t = time.perf_counter()
-        store.build_hnsw(m=args.m, ef_construction=args.ef_construction)
-    print(f"{args.store}: HNSW indexes built in {time.perf_counter() - t:.1f} s; search them with `backfill serve "
-          "--ann` (every later backfilled item is also an index insertion, which slows the job)")
+        sides = ("old", "new") if args.side == "both" else (args.side,)
+        store.build_hnsw(m=args.m, ef_construction=args.ef_construction, sides=sides)
+    note = " (every later backfilled item is also an insertion into the new side's index, which slows the job)"
+    print(f"{args.store}: HNSW index on {' and '.join(sides)} vectors built in {time.perf_counter() - t:.1f} s; "
+          f"search with `backfill serve --ann`{note if 'new' in sides else ''}")
     return 0
 
 

@@ -31,12 +31,14 @@ import numpy as np
 from backfill.live.sql import WRITE_NEW, schema_ddl, search_settings, search_sql
 
 __all__ = ["StoreError", "WriterBusyError", "Hit", "SearchResult", "GalleryStore", "PgVectorStore",
-           "open_store", "is_uri", "METHODS", "ORDERS"]
+           "open_store", "is_uri", "METHODS", "ORDERS", "HNSW_SIDES"]
 
 #: Search methods of the service: which query vector scores which part of the gallery.
 METHODS = ("full", "rank_merge", "old", "new_partial")
 #: Backfill orders of the job.
 ORDERS = ("random", "old_entropy")
+#: Sides a search merges that can have an HNSW index: the pending old vectors and the new vectors.
+HNSW_SIDES = ("old", "new")
 #: Session advisory-lock key held by the one writer (the job's driver): b"backfill" as an int64.
 WRITER_LOCK_KEY = int.from_bytes(b"backfill", "big") & 0x7FFF_FFFF_FFFF_FFFF
 #: Layout version in ``meta`` (galleries of the older one-table layout are refused with a one-line error).
@@ -249,14 +251,19 @@ class PgVectorStore:
         self.conn.execute("INSERT INTO backfill.meta VALUES (%s, %s::jsonb) ON CONFLICT (key) DO UPDATE "
                           "SET value = EXCLUDED.value", (key, json.dumps(value)))
 
-    def build_hnsw(self, *, m: int = 16, ef_construction: int = 64) -> None:
-        """Build HNSW indexes (inner product) on the two sides a search merges, the pending old vectors and the
-        new vectors; searches with ``ann=True`` use them.
+    def build_hnsw(self, *, m: int = 16, ef_construction: int = 64, sides: Sequence[str] = HNSW_SIDES) -> None:
+        """Build HNSW indexes (inner product) on the sides a search merges: ``"old"``, the pending old vectors,
+        and ``"new"``, the new vectors; searches with ``ann=True`` use those that exist (a side without one is
+        scanned exactly).
 
         The done partition of the old vectors gets none: only the ``old`` baseline reads it, and indexing it would
-        make every backfilled item an HNSW insertion there as well. The job maintains the ``vec_new`` index on
-        every write, which costs write throughput (``benchmarks/live_backfill.py`` measures it).
+        make every backfilled item an HNSW insertion there as well. An index on ``vec_new`` is maintained on
+        every write, which costs the job throughput: during a backfill, index ``old`` only (its rows only leave)
+        and add ``new`` when the job is done (``benchmarks/live_backfill.py`` measures both).
         """
+        unknown = sorted(set(sides) - set(HNSW_SIDES))
+        if unknown or not sides:
+            raise StoreError(f"HNSW sides must be among {', '.join(HNSW_SIDES)}, got {', '.join(sides) or 'none'}")
         # pgvector's own limits, checked here so that a bad value is a one-line error, not a server traceback.
         if not 2 <= m <= 100:
             raise StoreError(f"HNSW m must be in [2, 100], got {m}")
@@ -266,6 +273,8 @@ class PgVectorStore:
         conn = self.conn
         conn.execute("SET maintenance_work_mem = '512MB'")
         for table, col in (("vec_old_pending", "old"), ("vec_new", "new")):
+            if col not in sides:
+                continue
             conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_hnsw ON backfill.{table} "
                          f"USING hnsw ({col} vector_ip_ops) WITH (m = {int(m)}, ef_construction = "
                          f"{int(ef_construction)})")
