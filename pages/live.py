@@ -6,6 +6,8 @@ Layout only: the store, suite and search calls are in :mod:`backfill.live.watch`
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import streamlit as st
 
@@ -27,33 +29,27 @@ if not location.strip():
     st.stop()
 try:
     store = watch.open_watched(location.strip())
-    first, meta = watch.status(store), store.meta()
+    current, meta = watch.status(store), store.meta()
 except StoreError as exc:
     st.error(str(exc))
     st.stop()
 
-auto = st.toggle("Refresh while a job runs", value=True, help=f"every {REFRESH_S:g} s")
+auto = st.toggle("Refresh while a job runs", value=True, key="refresh", help=f"every {REFRESH_S:g} s")
+status_slot = st.empty()
 
 
-@st.fragment(run_every=REFRESH_S if auto and first["job_running"] else None)
-def status_panel() -> None:
-    """Progress of the store; reruns on its own while a job runs."""
-    try:
-        s = watch.status(store)
-    except StoreError as exc:
-        st.error(str(exc))
-        return
-    st.progress(s["ratio"], text=f"{s['backfilled']:,} / {s['total']:,} backfilled ({100 * s['ratio']:.1f}%)")
-    cols = st.columns(4)
-    cols[0].metric("items", f"{s['total']:,}")
-    cols[1].metric("backfilled", f"{s['backfilled']:,}")
-    cols[2].metric("job", "running" if s["job_running"] else "idle")
-    cols[3].metric("new model", ", ".join(s["models"]) or "-")
-    if s["job_running"] != first["job_running"]:
-        st.rerun()  # a job started or ended: the whole page reruns (and starts or stops refreshing)
+def show_status(s: dict) -> None:
+    """The store's progress, drawn into ``status_slot`` (again on every refresh)."""
+    with status_slot.container():
+        st.progress(s["ratio"], text=f"{s['backfilled']:,} / {s['total']:,} backfilled ({100 * s['ratio']:.1f}%)")
+        cols = st.columns(4)
+        cols[0].metric("items", f"{s['total']:,}")
+        cols[1].metric("backfilled", f"{s['backfilled']:,}")
+        cols[2].metric("job", "running" if s["job_running"] else "idle")
+        cols[3].metric("new model", ", ".join(s["models"]) or "-")
 
 
-status_panel()
+show_status(current)
 
 st.subheader("Search the live store")
 suite_dir = st.text_input("Suite", value=watch.default_suite(meta),
@@ -72,7 +68,10 @@ method = right.selectbox("Method", watch.METHODS,
                               "and new queries; old: old model only; new_partial: backfilled items only")
 k = right.slider("k", 1, 50, 10)
 
-if st.button("Search", type="primary"):
+
+def search_results() -> None:
+    """The results of a Search click (errors in one line; it returns rather than stopping the script, so that
+    the loop at the end goes on refreshing the status)."""
     try:
         suite = watch.load_suite(suite_dir.strip())
         watch.check(store, suite)
@@ -80,16 +79,16 @@ if st.button("Search", type="primary"):
             image = watch.sample(store, int(item))
         elif upload is None:
             st.warning("Upload a query image first.")
-            st.stop()
+            return
         else:
             image = upload.getvalue()
         result = watch.search(store, suite, image, method=method, k=k)
     except ImageLoadError as exc:
         st.error(f"{getattr(upload, 'name', 'image')}: {exc}")
-        st.stop()
+        return
     except StoreError as exc:
         st.error(str(exc))
-        st.stop()
+        return
     st.image(image, caption="query", width=96)
     st.caption(f"{len(result.hits)} results at {result.backfilled:,} / {result.total:,} backfilled "
                f"(one snapshot); score = inner product in the space shown")
@@ -102,3 +101,19 @@ if st.button("Search", type="primary"):
             col.caption(f"#{hit.id} · label {hit.label} · {hit.score:.3f} · {hit.space}")
     st.dataframe(pd.DataFrame([{"id": h.id, "label": h.label, "score": h.score, "space": h.space}
                                for h in result.hits]), hide_index=True)
+
+
+if st.button("Search", type="primary"):
+    search_results()
+
+# Last, while a job runs: refresh the status in place. A loop at the end of the script rather than a
+# ``run_every`` fragment, whose timed reruns can race the run an upload or a click starts; a widget change
+# simply interrupts the loop (and the new run starts it again).
+while auto and current["job_running"]:
+    time.sleep(REFRESH_S)
+    try:
+        current = watch.status(store)
+    except StoreError as exc:
+        status_slot.error(str(exc))
+        break
+    show_status(current)

@@ -3,6 +3,8 @@ store, searches by gallery item with every method (the store's own top-k), and t
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from _live_support import ROOT, SUITE, requires_serve, stop_embedded
@@ -39,13 +41,15 @@ def live(tmp_path_factory):
     stop_embedded(path)
 
 
-def _page(monkeypatch, location: str):
+def _page(monkeypatch, location: str, *, refresh: bool = True):
     from streamlit.testing.v1 import AppTest
 
     from backfill.live.watch import STORE_ENV
 
     monkeypatch.setenv(STORE_ENV, location)
-    return AppTest.from_file(PAGE, default_timeout=60).run()
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["refresh"] = refresh
+    return at.run()
 
 
 def test_status_then_searches_by_item_with_every_method(live, monkeypatch):
@@ -54,8 +58,8 @@ def test_status_then_searches_by_item_with_every_method(live, monkeypatch):
     from backfill.live.store import METHODS
 
     store = live["store"]
-    with store.writer_lock():  # as if a job were running
-        at = _page(monkeypatch, str(live["path"]))
+    with store.writer_lock():  # as if a job were running (no refresh: a test run cannot be interrupted)
+        at = _page(monkeypatch, str(live["path"]), refresh=False)
         assert not at.exception and not at.error, [e.value for e in at.error]
         metrics = {m.label: m.value for m in at.metric}
         assert metrics["items"] == f"{N}" and metrics["backfilled"] == f"{DONE}" and metrics["job"] == "running"
@@ -76,6 +80,33 @@ def test_status_then_searches_by_item_with_every_method(live, monkeypatch):
         if method == "old":
             assert shown["id"].iloc[0] == 7 and shown["score"].iloc[0] == pytest.approx(1.0, abs=1e-5)  # itself
     assert "20 / 60 backfilled" in " ".join(c.value for c in at.caption)
+
+
+def test_status_refreshes_until_the_job_ends(live, monkeypatch):
+    """While a job holds the store, the page's last step refreshes the status in place; it ends, showing
+    the job idle, once the job releases the store."""
+    import threading
+
+    held, release = threading.Event(), threading.Event()
+
+    def job() -> None:
+        from backfill.live.store import open_store
+
+        with open_store(live["path"]) as other, other.writer_lock():
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    assert held.wait(30)
+    threading.Timer(5.0, release.set).start()
+    t = time.monotonic()
+    at = _page(monkeypatch, str(live["path"]))
+    elapsed = time.monotonic() - t
+    thread.join()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert elapsed >= 4.0, f"the page returned after {elapsed:.1f} s, while the job still held the store"
+    assert {m.label: m.value for m in at.metric}["job"] == "idle"
 
 
 def test_one_line_errors(live, monkeypatch, tmp_path):
