@@ -163,6 +163,25 @@ def run_job(store_dir: str, *, limit: int | None, workers: int, batch_size: int,
     return {"items": samples[-1][1] - start_done, "wall": wall, "steady": steady, "during": result}
 
 
+def _ann_recall(store, *, queries: int, k: int = 10, seed: int = 0) -> float:
+    """Mean recall@k of the store's ANN ``full`` search against its exact one, with gallery items' vectors as
+    queries (their own item included in both)."""
+    emb = store.export()
+    rng = np.random.default_rng(seed)
+    hits = []
+    try:
+        for i in rng.choice(len(emb["ids"]), size=queries, replace=False):
+            q_new = emb["new"][i] if emb["backfilled"][i] else None
+            found = {}
+            for ann in (False, True):
+                store.ann = ann
+                found[ann] = {h.id for h in store.search(method="full", k=k, q_new=q_new, q_old=emb["old"][i]).hits}
+            hits.append(len(found[True] & found[False]) / k)
+    finally:
+        store.ann = False
+    return float(np.mean(hits))
+
+
 def synthetic(n: int, *, hnsw: bool, store_uri: str | None = None, queries: int = 30, seed: int = 0) -> dict:
     """The store alone: n random unit vectors (128-d both spaces), half backfilled; exact (and HNSW) search."""
     from backfill.live.store import open_store
@@ -244,6 +263,8 @@ def main() -> int:
     p.add_argument("--ann", nargs="?", const="both", choices=("old", "both"), default=None,
                    help="gallery part: build HNSW indexes after the first half (old: the pending old vectors only, "
                         "the new side stays exact; both, the default: old and new) and serve with --ann")
+    p.add_argument("--m", type=int, default=16, help="HNSW links per node for --ann (default 16)")
+    p.add_argument("--ef-construction", type=int, default=64, help="HNSW build candidate list for --ann (default 64)")
     args = p.parse_args()
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     rows = []
@@ -274,7 +295,8 @@ def main() -> int:
         hnsw_s = None
         if args.ann:
             t = time.perf_counter()
-            store.build_hnsw(sides=("old",) if args.ann == "old" else ("old", "new"))
+            store.build_hnsw(m=args.m, ef_construction=args.ef_construction,
+                             sides=("old",) if args.ann == "old" else ("old", "new"))
             hnsw_s = time.perf_counter() - t
         port = _free_port()
         server = subprocess.Popen([sys.executable, "-m", "backfill.cli", "serve", "--store", str(store_dir),
@@ -298,10 +320,12 @@ def main() -> int:
         server.terminate()
         server.wait(30)
         during = job2["during"]
+        recall = _ann_recall(store, queries=100) if args.ann else None
         search = {None: "exact", "old": "HNSW on the pending old side, new side exact",
                   "both": "HNSW, iterative scan"}[args.ann]
         rows += [
-            ("gallery items", f"{n:,}", f"HNSW build {hnsw_s:.0f} s after the first half" if args.ann else ""),
+            ("gallery items", f"{n:,}", f"HNSW (m {args.m}, ef_construction {args.ef_construction}) built in "
+                                        f"{hnsw_s:.0f} s after the first half" if args.ann else ""),
             (f"new model alone ({args.workers} proc x {args.threads} thread, batch {args.batch_size}), items/s",
              f"{base:,.0f}", "baseline: mean of {:,.0f} before and {:,.0f} after the job".format(*alone)),
             ("job steady items/s (Ray Data actors, store reads + conditional writes)", f"{job['steady']:,.0f}",
@@ -311,6 +335,8 @@ def main() -> int:
             (f"search p50 / p99 idle (HTTP, full, k=10, {search})", "{:.1f} / {:.1f} ms".format(*_pct(idle["http"])),
              "{} searches; of which SQL {:.1f} / {:.1f}, query embedding {:.1f} / {:.1f}".format(
                  len(idle["http"]), *_pct(idle["sql"]), *_pct(idle["embed"]))),
+            *([("recall@10 of the HNSW search at the end (new side), against exact", f"{recall:.3f}",
+                "100 gallery items' new vectors as queries")] if recall is not None else []),
             ("search p50 / p99 during the job", "{:.1f} / {:.1f} ms".format(*_pct(during["http"])),
              "{} searches; SQL {:.1f} / {:.1f}, embedding {:.1f} / {:.1f}; job meanwhile {:,.0f} items/s".format(
                  len(during["http"]), *_pct(during["sql"]), *_pct(during["embed"]), job2["steady"])),

@@ -41,7 +41,7 @@ def default_suite(meta: dict[str, Any]) -> str:
 @st.cache_resource(show_spinner="Opening the store...", max_entries=4)
 def open_watched(location: str) -> PgVectorStore:
     """The store at ``location`` (a directory or a ``postgresql://`` URI), with a small connection pool (the
-    page's reruns and fragments may read from several threads). :class:`StoreError` is not cached."""
+    page's runs and its refresh loop may read from several threads). :class:`StoreError` is not cached."""
     location = location.strip()
     store = open_store(location)
     store.meta()  # fail here, in one line, when the server holds no gallery
