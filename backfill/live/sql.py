@@ -6,7 +6,7 @@ Layout (schema ``backfill``), chosen so that a search reads only what it scores:
     vec_old(id, label, backfilled, old vector(d_o))   partitioned by backfilled:
         vec_old_pending (false) | vec_old_done (true)                        old vectors, moved on backfill
     vec_new(id pk, label, new vector(d_n))                                   one row per backfilled item
-    image(id pk, data bytea), progress(shard pk, total, backfilled), meta(key pk, value jsonb)
+    image(id pk, data bytea), progress(total, backfilled), meta(key pk, value jsonb)
 
 An exact search is a sequential scan with one inner product per row, and its cost is the rows it visits: the
 old side of ``full`` / ``rank_merge`` reads only the pending partition, the new side only ``vec_new``, each row
@@ -15,14 +15,9 @@ holding just (id, label, vector), instead of two scans of a wide table that hold
 
 from __future__ import annotations
 
-__all__ = ["schema_ddl", "WRITE_NEW", "search_sql", "search_settings", "SEARCH_SPACES", "PROGRESS",
-           "PROGRESS_SHARDS"]
+__all__ = ["schema_ddl", "WRITE_NEW", "search_sql", "search_settings", "SEARCH_SPACES"]
 
 SCHEMA = "backfill"
-#: Rows of the progress counter (see schema_ddl).
-PROGRESS_SHARDS = 16
-#: The progress of one snapshot: ``p.total``, ``p.backfilled``.
-PROGRESS = "(SELECT sum(total)::bigint AS total, sum(backfilled)::bigint AS backfilled FROM backfill.progress)"
 
 
 def schema_ddl(d_old: int, d_new: int) -> list[str]:
@@ -48,24 +43,21 @@ def schema_ddl(d_old: int, d_new: int) -> list[str]:
         f"""CREATE TABLE backfill.vec_new (id bigint PRIMARY KEY, label bigint NOT NULL,
                new vector({int(d_new)}) NOT NULL)""",
         "CREATE TABLE backfill.image (id bigint PRIMARY KEY, data bytea NOT NULL)",
-        # Counts in PROGRESS_SHARDS rows, summed by readers: each write bumps the row of its server process,
-        # so two actors' batches do not queue behind one hot row until the other commits.
-        """CREATE TABLE backfill.progress (shard integer PRIMARY KEY, total bigint NOT NULL,
-               backfilled bigint NOT NULL)""",
-        f"INSERT INTO backfill.progress SELECT s, 0, 0 FROM generate_series(0, {PROGRESS_SHARDS - 1}) s",
+        """CREATE TABLE backfill.progress (one boolean PRIMARY KEY DEFAULT true CHECK (one),
+               total bigint NOT NULL, backfilled bigint NOT NULL)""",
+        "INSERT INTO backfill.progress (total, backfilled) VALUES (0, 0)",
         "CREATE TABLE backfill.meta (key text PRIMARY KEY, value jsonb NOT NULL)",
     ]
 
 
 #: One batch of the job, one statement: flag the still-pending items in ``gallery`` (the row locks serialise
 #: racing writers; a replayed batch matches nothing), move their old vectors to the done partition, insert
-#: their new vectors and bump this server process's progress row. Returns the counts of each part (equal
-#: unless corrupted).
+#: their new vectors and bump the progress row. Returns the counts of each part (equal unless corrupted).
 #: Binary parameters (``%b``): in text, formatting and parsing 256 x 128 floats took about 0.4 s per batch on
 #: the loaded benchmark machine, against 0.015 s in binary. The ``id = ANY(ids)`` conditions are redundant with
 #: the joins but make PostgreSQL look the batch up by primary key: without them it hash-joined against a scan of
 #: the whole table (every pending row, for each batch), a cost that grows with the gallery.
-WRITE_NEW = f"""
+WRITE_NEW = """
     WITH v AS (SELECT * FROM unnest(%(ids)b::bigint[], %(vecs)b::vector[]) AS v(id, new)),
          u AS (UPDATE backfill.gallery g SET backfilled = true, model = %(model)s, writes = g.writes + 1
                FROM v WHERE g.id = v.id AND g.id = ANY(%(ids)b::bigint[]) AND NOT g.backfilled
@@ -74,7 +66,6 @@ WRITE_NEW = f"""
                WHERE o.id = u.id AND o.id = ANY(%(ids)b::bigint[]) AND NOT o.backfilled RETURNING o.id),
          n AS (INSERT INTO backfill.vec_new (id, label, new) SELECT id, label, new FROM u RETURNING id)
     UPDATE backfill.progress SET backfilled = backfilled + (SELECT count(*) FROM u)
-    WHERE shard = mod(pg_backend_pid(), {PROGRESS_SHARDS})
     RETURNING (SELECT count(*) FROM u), (SELECT count(*) FROM o), (SELECT count(*) FROM n)"""
 
 #: Per method: the sides merged, as (table and filter, vector column, query parameter, space).
@@ -100,7 +91,7 @@ def search_sql(method: str, *, ann: bool) -> str:
         order = f"{col} <#> %({param})b" if ann else "score DESC, id"
         parts.append(f"(SELECT id, label, -({col} <#> %({param})b) AS score, '{space}' AS space FROM {source} "
                      f"ORDER BY {order} LIMIT %(k)s)")
-    return (f"SELECT p.backfilled, p.total, r.id, r.label, r.score, r.space FROM {PROGRESS} p "
+    return (f"SELECT p.backfilled, p.total, r.id, r.label, r.score, r.space FROM backfill.progress p "
             f"LEFT JOIN LATERAL ({' UNION ALL '.join(parts)}) r ON true ORDER BY r.score DESC, r.id LIMIT %(k)s")
 
 

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from backfill.live.sql import PROGRESS, WRITE_NEW, schema_ddl, search_settings, search_sql
+from backfill.live.sql import WRITE_NEW, schema_ddl, search_settings, search_sql
 
 __all__ = ["StoreError", "WriterBusyError", "Hit", "SearchResult", "GalleryStore", "PgVectorStore",
            "open_store", "is_uri", "METHODS", "ORDERS", "HNSW_SIDES"]
@@ -42,7 +42,7 @@ HNSW_SIDES = ("old", "new")
 #: Session advisory-lock key held by the one writer (the job's driver): b"backfill" as an int64.
 WRITER_LOCK_KEY = int.from_bytes(b"backfill", "big") & 0x7FFF_FFFF_FFFF_FFFF
 #: Layout version in ``meta`` (galleries of the older one-table layout are refused with a one-line error).
-SCHEMA_VERSION = 3  # 3: the progress counter in shards
+SCHEMA_VERSION = 2
 
 
 class StoreError(ValueError):
@@ -241,9 +241,8 @@ class PgVectorStore:
                 copy.set_types(["int8", "bytea"])
                 for i in range(len(ids)):
                     copy.write_row((int(ids[i]), images[i]))
-            conn.execute("UPDATE backfill.progress SET total = CASE shard WHEN 0 THEN (SELECT count(*) FROM "
-                         "backfill.gallery) ELSE 0 END, backfilled = CASE shard WHEN 0 THEN (SELECT count(*) FROM "
-                         "backfill.gallery WHERE backfilled) ELSE 0 END")
+            conn.execute("UPDATE backfill.progress SET total = (SELECT count(*) FROM backfill.gallery), "
+                         "backfilled = (SELECT count(*) FROM backfill.gallery WHERE backfilled)")
         for table in ("gallery", "vec_old_pending", "vec_old_done", "vec_new"):
             conn.execute(f"ANALYZE backfill.{table}")
 
@@ -286,11 +285,7 @@ class PgVectorStore:
         with self._reader() as conn:
             if not self._has_gallery(conn):
                 raise StoreError("the store holds no gallery (create one with `backfill gallery load`)")
-            meta = {k: v for k, v in conn.execute("SELECT key, value FROM backfill.meta").fetchall()}
-        if meta.get("schema") != SCHEMA_VERSION:
-            raise StoreError(f"the store holds a gallery of an older layout (schema {meta.get('schema', 1)}, this "
-                             f"version reads {SCHEMA_VERSION}); reload it with `backfill gallery load --replace`")
-        return meta
+            return {k: v for k, v in conn.execute("SELECT key, value FROM backfill.meta").fetchall()}
 
     def require_loaded(self) -> dict[str, Any]:
         """The metadata of a completely loaded gallery; :class:`StoreError` otherwise."""
@@ -303,7 +298,7 @@ class PgVectorStore:
         """``{"total", "backfilled", "pending", "ratio", "models", "job_running", "d_old", "d_new", ...}``."""
         meta = self.meta()
         with self._reader() as conn:
-            total, done = conn.execute(f"SELECT p.total, p.backfilled FROM {PROGRESS} p").fetchone()
+            total, done = conn.execute("SELECT total, backfilled FROM backfill.progress").fetchone()
             models = [r[0] for r in conn.execute(
                 "SELECT DISTINCT model FROM backfill.gallery WHERE model IS NOT NULL ORDER BY 1").fetchall()]
             running = conn.execute(
