@@ -129,7 +129,10 @@ def _hnsw_indexes(store) -> set[str]:
 def _ann_recall(store, vecs: np.ndarray, done: set[int]) -> float:
     """Mean recall@20 of ANN ``full`` searches against exact ones; each search returns 20 unique rows, sorted,
     with the right space per row."""
+    from backfill.live.store import PgVectorStore
+
     recalls = []
+    store.ann_min_rows = 0  # this gallery is small: without this, both sides would be scanned exactly
     try:
         for q in range(10):
             q_new, q_old = vecs[q], store.export()["old"][q * 7]
@@ -143,7 +146,7 @@ def _ann_recall(store, vecs: np.ndarray, done: set[int]) -> float:
             assert all((h.space == "new") == (h.id in done) for h in res.hits)
             recalls.append(len(set(got) & set(exact)) / 20)
     finally:
-        store.ann = False
+        store.ann, store.ann_min_rows = False, PgVectorStore.ann_min_rows
     return float(np.mean(recalls))
 
 
@@ -170,6 +173,15 @@ def test_hnsw_search_returns_k_rows_close_to_exact(store_dir, store, capsys):
     assert store.write_new(ids, vecs, model="test") == 60
     done = set(np.flatnonzero(store.export()["backfilled"]).tolist())
     assert _ann_recall(store, vecs, done) >= 0.9  # the new side, not indexed, is scanned exactly
+    # Sides below ann_min_rows are scanned exactly even with ann (an index of mostly moved rows at the end of a
+    # job cost 103 ms against 33 ms exact at 70,000 items): on this small gallery, ANN answers are the exact ones.
+    q_new, q_old = vecs[0], store.export()["old"][3]
+    exact = store.search(method="full", k=20, q_new=q_new, q_old=q_old)
+    store.ann = True
+    try:
+        assert store.search(method="full", k=20, q_new=q_new, q_old=q_old) == exact
+    finally:
+        store.ann = False
 
     assert main(["gallery", "index", "--store", str(store_dir)]) == 0
     assert "HNSW index on old and new vectors built" in capsys.readouterr().out

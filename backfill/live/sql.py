@@ -15,6 +15,8 @@ holding just (id, label, vector), instead of two scans of a wide table that hold
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 __all__ = ["schema_ddl", "WRITE_NEW", "search_sql", "search_settings", "SEARCH_SPACES"]
 
 SCHEMA = "backfill"
@@ -78,17 +80,17 @@ SEARCH_SPACES = {
 }
 
 
-def search_sql(method: str, *, ann: bool) -> str:
+def search_sql(method: str, *, ann: Collection[str] = ()) -> str:
     """The one statement of a ``method`` search: each side's top-``%(k)s``, merged by raw score (ties by lower
-    id, as the engine), with the progress row of the same snapshot (also when the gallery is empty).
+    id, as the engine), with the progress of the same snapshot (also when the gallery is empty).
 
-    Exact (``ann=False``): each side orders by the score it selects, so a row's inner product is computed
-    once, and breaks ties by id. ``ann=True``: each side orders by the distance operator, the form an HNSW
-    index can serve.
+    ``ann``: the spaces (``"old"``, ``"new"``) whose side orders by the distance operator, the form an HNSW
+    index can serve. The other sides are exact: they order by the score they select, so a row's inner product
+    is computed once, and break ties by id.
     """
     parts = []
     for source, col, param, space in SEARCH_SPACES[method]:
-        order = f"{col} <#> %({param})b" if ann else "score DESC, id"
+        order = f"{col} <#> %({param})b" if space in ann else "score DESC, id"
         parts.append(f"(SELECT id, label, -({col} <#> %({param})b) AS score, '{space}' AS space FROM {source} "
                      f"ORDER BY {order} LIMIT %(k)s)")
     return (f"SELECT p.backfilled, p.total, r.id, r.label, r.score, r.space FROM backfill.progress p "
@@ -98,11 +100,12 @@ def search_sql(method: str, *, ann: bool) -> str:
 def search_settings(*, ann: bool, k: int, ef_search: int, workers: int) -> dict[str, str]:
     """The settings of one search transaction.
 
-    ANN: HNSW iterative scans (a side whose index still lists rows moved to the other partition, or a filter,
-    would otherwise return fewer than k rows). Exact: ``workers`` parallel workers per side; lower parallel
-    costs than PostgreSQL's defaults, which would keep a side of a few 10,000 rows serial.
+    Exact sides: ``workers`` parallel workers per side; lower parallel costs than PostgreSQL's defaults, which
+    would keep a side of a few 10,000 rows serial. ANN sides (``ann``): HNSW iterative scans (a side whose index
+    still lists rows moved to the other partition, or a filter, would otherwise return fewer than k rows).
     """
+    settings = {"max_parallel_workers_per_gather": str(max(int(workers), 0)), "parallel_setup_cost": "100",
+                "parallel_tuple_cost": "0.01", "min_parallel_table_scan_size": "1MB"}
     if ann:
-        return {"hnsw.iterative_scan": "relaxed_order", "hnsw.ef_search": str(max(int(ef_search), int(k)))}
-    return {"max_parallel_workers_per_gather": str(max(int(workers), 0)), "parallel_setup_cost": "100",
-            "parallel_tuple_cost": "0.01", "min_parallel_table_scan_size": "1MB"}
+        settings |= {"hnsw.iterative_scan": "relaxed_order", "hnsw.ef_search": str(max(int(ef_search), int(k)))}
+    return settings

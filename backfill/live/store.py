@@ -123,14 +123,18 @@ class PgVectorStore:
 
     ``server`` keeps an embedded server alive. ``ann``: search with the HNSW indexes (when built,
     :meth:`build_hnsw`) with iterative scans, so that a side whose index still holds moved rows returns k rows;
-    ``False`` (default) searches exactly, like the engine. ``parallel_workers``: PostgreSQL parallel workers
-    per side of an exact search (0: the connection's backend alone).
+    ``False`` (default) searches exactly, like the engine. With ``ann``, a side holding fewer than
+    ``ann_min_rows`` items is still scanned exactly: at the end of a job the pending side's index lists mostly
+    moved rows, which an iterative scan walks through before it gives up, and a small side is cheap to scan.
+    ``parallel_workers``: PostgreSQL parallel workers per side of an exact search (0: the connection's backend
+    alone).
     """
 
     uri: str
     server: Any = None
     ann: bool = False
     ef_search: int = 100
+    ann_min_rows: int = 10_000
     parallel_workers: int = 2
     pool: Any = None
     _conn: Any = field(default=None, repr=False)
@@ -385,10 +389,14 @@ class PgVectorStore:
                   "qo": None if q_old is None else np.asarray(q_old, np.float32)}
         settings = search_settings(ann=self.ann, k=k, ef_search=self.ef_search, workers=self.parallel_workers)
         with self._reader() as conn, conn.transaction():
-            # One round trip sets this transaction's settings (set_config(..., true) = SET LOCAL).
-            conn.execute("SELECT " + ", ".join("set_config(%s, %s, true)" for _ in settings),
-                         [x for kv in settings.items() for x in (kv[0], str(kv[1]))])
-            rows = conn.execute(search_sql(method, ann=self.ann), params).fetchall()
+            # One round trip sets this transaction's settings (set_config(..., true) = SET LOCAL) and, for ANN,
+            # reads the sizes of the two sides (they only pick the plan; the search has its own snapshot).
+            total, done = conn.execute("SELECT " + ", ".join("set_config(%s, %s, true)" for _ in settings) +
+                                       ", p.total, p.backfilled FROM backfill.progress p",
+                                       [x for kv in settings.items() for x in (kv[0], str(kv[1]))]).fetchone()[-2:]
+            sizes = {"old": total if method == "old" else total - done, "new": done}
+            ann = [space for space, rows in sizes.items() if self.ann and rows >= self.ann_min_rows]
+            rows = conn.execute(search_sql(method, ann=ann), params).fetchall()
         if not rows:
             raise StoreError("the store holds no gallery progress row")
         hits = [Hit(int(r[2]), int(r[3]), float(r[4]), r[5]) for r in rows if r[2] is not None]
