@@ -160,3 +160,41 @@ def test_searches_during_the_job_then_export_map_equals_new_new(live, data, tmp_
     got = evaluate_curve("new", exported, exported, np.arange(N), points=[1.0], leave_one_out=True).map[0]
     want = evaluate_curve("new", reference, reference, np.arange(N), points=[1.0], leave_one_out=True).map[0]
     assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_serve_stopped_by_sigterm_stops_its_embedded_server(tmp_path):
+    """`backfill serve` ended by SIGTERM (systemd, docker, kill) releases its embedded PostgreSQL: uvicorn
+    re-raises the signal after its shutdown, which skips the exit hook, and the server used to run on."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    import psutil
+
+    store = tmp_path / "store"  # loaded by another process: this one never holds the server
+    subprocess.run([sys.executable, "-m", "backfill.cli", "gallery", "load", "--store", str(store), "--suite",
+                    str(SUITE), "--dataset", "fashion_mnist", "--limit", "20", "--no-progress"], check=True,
+                   capture_output=True, timeout=300)
+    pidfile = store / "pgdata" / "postmaster.pid"
+    try:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        serve = subprocess.Popen([sys.executable, "-m", "backfill.cli", "serve", "--store", str(store), "--suite",
+                                  str(SUITE), "--port", str(port)], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert serve.poll() is None and time.monotonic() < deadline, "backfill serve did not start"
+                time.sleep(0.3)
+        postmaster = psutil.Process(int(pidfile.read_text().split()[0]))
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(30)
+        postmaster.wait(30)  # psutil.TimeoutExpired if the server outlived the last process using it
+    finally:
+        stop_embedded(store)

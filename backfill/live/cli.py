@@ -159,7 +159,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     from backfill.live.service import create_app
 
-    app = create_app(args.store, args.suite, ann=args.ann)
+    app = create_app(args.store, args.suite, ann=args.ann, release_server=True)
     print(f"serving {args.store} on http://{args.host}:{args.port} (docs at /docs)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -50,8 +50,12 @@ def query_vectors(suite: Any, image: Any, method: str) -> tuple[np.ndarray | Non
 
 
 def create_app(store: str | os.PathLike, suite_dir: str | os.PathLike, *, ann: bool = False,
-               pool_size: int = 4, threads: int | None = 1) -> Any:
+               pool_size: int = 4, threads: int | None = 1, release_server: bool = False) -> Any:
     """The FastAPI app serving ``store`` with the suite in ``suite_dir``.
+
+    ``release_server``: at shutdown, also give back this process's handle on an embedded server (``backfill
+    serve``): uvicorn ends a SIGTERM by re-raising the signal, which skips the exit hook that would, and the
+    server then outlived every process using it. Not in a process that goes on using the store (tests).
 
     ``threads``: torch threads of this process (``None``: torch's default). One query image gains nothing
     from intra-op threads, and on a busy machine their synchronisation dominated the query's forward pass
@@ -74,6 +78,8 @@ def create_app(store: str | os.PathLike, suite_dir: str | os.PathLike, *, ann: b
     async def lifespan(_: Any) -> AsyncIterator[None]:
         yield
         gallery.close()
+        if release_server and gallery.server is not None:
+            gallery.server.cleanup()  # stops the server when no other process holds it
 
     app = FastAPI(title="backfill live search", lifespan=lifespan,
                   description="Online-backfilling search over a gallery that is being re-embedded.")
