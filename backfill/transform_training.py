@@ -147,6 +147,8 @@ class TransformConfig:
         batches of ``batch_size // samples_per_class`` classes x ``samples_per_class``).
     denominator : L_MC's negatives, ``"joint"`` | ``"old"`` | ``"new"`` | ``"separate"`` (the ablation).
     rho : also train the head rho (``loss="mc"`` only); psi then reads ``rho(phi_n(x))``.
+    rho_anchor : weight of ``mean ||rho(phi_n(x)) - phi_n(x)||^2`` added to the loss (0 = none): it keeps rho
+        near the new model, whose training-image embeddings are tighter than those of unseen images.
     temperature, hard_negatives : of L_MC (``hard_negatives=None``: all negatives).
     regression_weight : weight of the regression term added to L_MC (0 = pure L_MC).
     epochs, batch_size, samples_per_class, lr, weight_decay : AdamW with a cosine learning-rate schedule.
@@ -159,6 +161,7 @@ class TransformConfig:
     loss: str = "regression"
     denominator: str = "joint"
     rho: bool = False
+    rho_anchor: float = 0.0
     temperature: float = DEFAULT_TEMPERATURE
     hard_negatives: int | None = DEFAULT_HARD_NEGATIVES
     regression_weight: float = DEFAULT_REGRESSION_WEIGHT
@@ -182,6 +185,8 @@ class TransformConfig:
             raise ValueError(f"unknown denominator {self.denominator!r}; expected one of {MC_DENOMINATORS}")
         if self.loss == "mc" and self.denominator == "new" and not self.rho and self.regression_weight == 0:
             raise ValueError("denominator 'new' gives psi no gradient: train rho too or keep a regression term")
+        if self.rho_anchor < 0:
+            raise ValueError(f"rho_anchor must be >= 0, got {self.rho_anchor}")
         if self.regression_weight < 0:
             raise ValueError(f"regression_weight must be >= 0, got {self.regression_weight}")
         if self.epochs < 1 or self.batch_size < 2:
@@ -198,6 +203,8 @@ class TransformConfig:
         if self.loss != "mc":
             for key in ("denominator", "temperature", "hard_negatives", "regression_weight", "samples_per_class"):
                 options.pop(key)
+        if not self.rho:
+            options.pop("rho_anchor")
         return options
 
 
@@ -272,6 +279,8 @@ def fit_transform(
             b = psi(a)
             reg = regression(b, old[idx])
             total = reg * (cfg.regression_weight if mc is not None else 1.0)
+            if head is not None and cfg.rho_anchor:
+                total = total + cfg.rho_anchor * (a - feats).pow(2).sum(dim=1).mean()
             if mc is not None:
                 mc_value = mc(a, b, a, old[idx], y[idx])
                 total = total + mc_value

@@ -72,6 +72,25 @@ def test_fit_transform_with_rho_and_callback(features):
     assert not torch.allclose(rho.linear.weight, torch.eye(12))
 
 
+def test_rho_anchor_keeps_rho_near_the_new_model(features):
+    old, new, labels = features
+    x = torch.from_numpy(new)
+
+    def drift(anchor: float) -> float:
+        config = TransformConfig(loss="mc", rho=True, rho_anchor=anchor, epochs=10, batch_size=48, lr=1e-2)
+        rho = fit_transform(old, new, labels, config, progress=False)[1]
+        with torch.no_grad():
+            return float((rho(x) - x).pow(2).sum(dim=1).mean())
+
+    free, anchored = drift(0.0), drift(100.0)
+    assert free > 0.05  # unanchored, rho moves the new embeddings
+    assert anchored < 0.2 * free
+    assert TransformConfig(loss="mc", rho=True, rho_anchor=3.0).card()["rho_anchor"] == 3.0
+    assert "rho_anchor" not in TransformConfig(loss="mc").card()
+    with pytest.raises(ValueError, match="rho_anchor"):
+        TransformConfig(loss="mc", rho=True, rho_anchor=-1.0).validated()
+
+
 def test_fit_transform_is_deterministic(features):
     old, new, labels = features
     config = TransformConfig(loss="mc", epochs=2, batch_size=48, seed=5)

@@ -138,6 +138,8 @@ def _add_train_transform(sub: argparse._SubParsersAction) -> None:
                    help="L_MC's negatives: joint (both spaces in one denominator, the method) or the ablations "
                         "old-space only, new-space only, separate denominators")
     p.add_argument("--rho", action="store_true", help="also train the new-model head rho (--loss mc)")
+    p.add_argument("--rho-anchor", type=float, default=None, metavar="W",
+                   help="weight of a penalty on rho's distance to the new embedding (default 0: none)")
     p.add_argument("--rho-out", metavar="RHO.pt", default=None,
                    help="where rho goes (default: psi_mc_rho.pt -> rho_mc.pt, NAME.pt -> rho_NAME.pt)")
     p.add_argument("--temperature", type=float, default=None,
@@ -169,7 +171,10 @@ def _run_train_transform(args: argparse.Namespace) -> int:
 
     if args.rho and args.loss != "mc":
         raise ValueError("--rho needs --loss mc (rho is trained by the metric-compatible loss)")
+    if args.rho_anchor is not None and not args.rho:
+        raise ValueError("--rho-anchor needs --rho")
     options = {"temperature": args.temperature, "regression_weight": args.regression_weight,
+               "rho_anchor": args.rho_anchor,
                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "hidden": args.hidden}
     config = TransformConfig(loss=args.loss, denominator=args.denominator, rho=args.rho, views=args.views,
                              seed=args.seed, device=args.device,

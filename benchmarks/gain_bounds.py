@@ -1,0 +1,111 @@
+"""What caps the full method's relative gain on a suite: its measured figures next to ceilings on the same split.
+
+The full method searches the items not yet backfilled with psi(new query) in the old space, so before any
+backfill it can do no better than the old gallery embeddings allow. This script measures, on a labelled split
+(queries = gallery, leave-one-out, exact curves), split by the classes the old model saw and those it never saw:
+
+- mAP of old/old, of the full method at 0% (psi of the new query against the old gallery), of new/new, and of
+  a label oracle that queries the old gallery with the old-space centroid of the query's own class (one
+  query vector that knows the answer: what the old gallery can give a single query);
+- the relative gain of the full method with each backfill order, the random order's gain predicted by a
+  straight line from its 0% to its 100% point (gain = 1/2 + 1/2 (full at 0% - old/old) / (new/new - old/old)),
+  two more deployable uncertainty scores of the old classifier (lowest top cosine, energy), a label oracle
+  order that backfills every item of a class the old model never saw first, and, for each
+  order, how well its first half picks out those items (ROC AUC of the order's rank).
+
+    python benchmarks/gain_bounds.py --suite pretrained/cifar100/homogeneous --data ../shared/data/cifar100
+
+Needs the suite's psi_mc; the backbone features come from the feature cache (computed once otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from backfill.datasets import load_dataset
+from backfill.embeddings import Embeddings
+from backfill.evaluation import evaluate_curve
+from backfill.methods import ORDERS, make_order
+from backfill.metrics import relative_gain
+from backfill.ordering import class_centroids, order_by_score, random_order
+from backfill.reproduce import old_class_centroids
+from backfill.suite import ModelSuite
+
+
+def rank_auc(order: np.ndarray, positive: np.ndarray) -> float:
+    """ROC AUC of "backfilled earlier" as a detector of ``positive`` items (Mann-Whitney U)."""
+    position = np.empty(order.size, dtype=np.float64)
+    position[order] = np.arange(order.size)
+    score = -position  # earlier = higher; a permutation has no ties
+    ranks = np.empty(order.size, dtype=np.float64)
+    ranks[np.argsort(score, kind="stable")] = np.arange(1, order.size + 1)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suite", required=True, help="a suite directory with old, new and psi_mc")
+    parser.add_argument("--data", default=None, help="dataset root (default: the dataset's usual place)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    suite = ModelSuite.load(args.suite)
+    split = load_dataset(suite.dataset, args.split, root=args.data)
+    variants = suite.embed(split.images, labels=split.labels, progress=True, whole_split=True)
+    if "full" not in variants:
+        parser.error(f"{args.suite} has no psi_mc: the full method cannot run")
+    full = variants["full"]
+    labels = full.labels
+    n = full.n
+    unseen = ~np.isin(labels, suite.old_classes)
+    groups = {"classes the old model saw": ~unseen, "classes it never saw": unseen, "all": np.ones(n, bool)}
+
+    def per_query(strategy: str, queries: Embeddings, order: np.ndarray, ratio: float) -> np.ndarray:
+        return evaluate_curve(strategy, queries, full, order, points=[ratio], leave_one_out=True).ap[:, 0]
+
+    random = random_order(n, seed=args.seed)
+    centroids = class_centroids(full.old, labels)[1]  # label oracle: the old-space centre of each class
+    oracle_queries = Embeddings(labels, centroids[np.searchsorted(np.unique(labels), labels)], full.new)
+    rows = {
+        "old/old": per_query("old", full, random, 0.0),
+        "full at 0% (psi(new query) vs old gallery)": per_query("rt_merge", full, random, 0.0),
+        "class-centroid query vs old gallery (label oracle)": per_query("old", oracle_queries, random, 0.0),
+        "new/new": per_query("new", full, random, 1.0),
+    }
+    print(f"\n{args.suite}, {suite.dataset} {args.split} ({n} images; {int(unseen.sum())} of classes the old "
+          "model never saw): mAP %, leave-one-out")
+    print(f"| | {' | '.join(groups)} |\n|---|{'---|' * len(groups)}")
+    for name, ap in rows.items():
+        print(f"| {name} | " + " | ".join(f"{100 * np.nanmean(ap[mask]):.1f}" for mask in groups.values()) + " |")
+
+    old_map, new_map = np.nanmean(rows["old/old"]), np.nanmean(rows["new/new"])
+    at_zero = np.nanmean(rows["full at 0% (psi(new query) vs old gallery)"])
+    orders = {f"{o.name}{'' if o.deployable else ' (not deployable)'}":
+              make_order(o.name, full, suite=suite, seed=args.seed,
+                         old_centroids=old_class_centroids(suite, args.data, args.seed)
+                         if o.needs_training_data else None)
+              for o in ORDERS}
+    # Two other deployable uncertainty scores of the old classifier (the old_entropy order uses its entropy).
+    logits = full.old.astype(np.float64) @ suite.old.logit_layer().weight.double().numpy().T
+    orders["max old-class cosine, lowest first"] = order_by_score(-logits.max(axis=1))
+    orders["energy (-logsumexp of the logits), highest first"] = order_by_score(
+        -np.logaddexp.reduce(logits, axis=1))
+    tiebreak = np.random.default_rng(args.seed).random(n)
+    orders["never-seen classes first (label oracle)"] = order_by_score(unseen + 0.5 * tiebreak)
+    print(f"\nFull method (rt_merge on psi_mc), relative gain; old/old {100 * old_map:.1f}, new/new "
+          f"{100 * new_map:.1f}, full at 0% {100 * at_zero:.1f}")
+    print("| backfill order | rel. gain | ROC AUC: never-seen classes early |\n|---|---|---|")
+    line = 0.5 + 0.5 * (at_zero - old_map) / (new_map - old_map)
+    print(f"| random, straight line from 0% to 100% (prediction) | {100 * line:.1f}% | - |")
+    for name, order in orders.items():
+        curve = evaluate_curve("rt_merge", full, full, order, leave_one_out=True)
+        gain = relative_gain(float(curve.map.mean()), old_map, new_map)
+        print(f"| {name} | {100 * gain:.1f}% | {rank_auc(order, unseen):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
