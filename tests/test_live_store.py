@@ -121,6 +121,24 @@ def test_writes_are_conditional_and_searches_consistent(store):
     assert top.id == ids[0] and top.score == pytest.approx(1.0, abs=1e-5)
 
 
+def test_exact_sides_use_parallel_workers_only_when_big(store):
+    from backfill.live.sql import exact_side_workers
+
+    sizes = {"old": 30_000, "new": 500}
+    assert exact_side_workers(sizes, [], workers=2, min_rows=20_000) == 2
+    assert exact_side_workers(sizes, ["old"], workers=2, min_rows=20_000) == 0  # the big side goes by index
+    assert exact_side_workers(sizes, ["old", "new"], workers=2, min_rows=20_000) == 0
+    assert exact_side_workers({"old": 100, "new": 19_999}, [], workers=2, min_rows=20_000) == 0
+    # Both plans give the same answers (this gallery is small: force the parallel one).
+    q_new, q_old = store.export()["old"][1], store.export()["old"][2]
+    serial = store.search(method="full", k=15, q_new=q_new, q_old=q_old)
+    store.parallel_min_rows = 0
+    try:
+        assert store.search(method="full", k=15, q_new=q_new, q_old=q_old) == serial
+    finally:
+        store.parallel_min_rows = type(store).parallel_min_rows
+
+
 def _hnsw_indexes(store) -> set[str]:
     return {r[0] for r in store.conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'backfill' "
                                              "AND indexdef LIKE '%hnsw%'").fetchall()}
@@ -173,8 +191,8 @@ def test_hnsw_search_returns_k_rows_close_to_exact(store_dir, store, capsys):
     assert store.write_new(ids, vecs, model="test") == 60
     done = set(np.flatnonzero(store.export()["backfilled"]).tolist())
     assert _ann_recall(store, vecs, done) >= 0.9  # the new side, not indexed, is scanned exactly
-    # Sides below ann_min_rows are scanned exactly even with ann (an index of mostly moved rows at the end of a
-    # job cost 103 ms against 33 ms exact at 70,000 items): on this small gallery, ANN answers are the exact ones.
+    # Sides below ann_min_rows are scanned exactly even with ann (an index of mostly moved rows late in a job
+    # costs more to walk than the partition to scan): on this small gallery, ANN answers are the exact ones.
     q_new, q_old = vecs[0], store.export()["old"][3]
     exact = store.search(method="full", k=20, q_new=q_new, q_old=q_old)
     store.ann = True

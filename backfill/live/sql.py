@@ -15,7 +15,7 @@ holding just (id, label, vector), instead of two scans of a wide table that hold
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 __all__ = ["schema_ddl", "WRITE_NEW", "search_sql", "search_settings", "SEARCH_SPACES"]
 
@@ -95,6 +95,12 @@ def search_sql(method: str, *, ann: Collection[str] = ()) -> str:
                      f"ORDER BY {order} LIMIT %(k)s)")
     return (f"SELECT p.backfilled, p.total, r.id, r.label, r.score, r.space FROM backfill.progress p "
             f"LEFT JOIN LATERAL ({' UNION ALL '.join(parts)}) r ON true ORDER BY r.score DESC, r.id LIMIT %(k)s")
+
+
+def exact_side_workers(sizes: Mapping[str, int], ann: Collection[str], *, workers: int, min_rows: int) -> int:
+    """Parallel workers for a search's exact sides: ``workers`` when one of them (``sizes`` = live rows per
+    space, ``ann`` = the spaces searched by index) holds ``min_rows`` rows or more, else 0."""
+    return workers if any(rows >= min_rows for space, rows in sizes.items() if space not in ann) else 0
 
 
 def search_settings(*, ann: bool, k: int, ef_search: int, workers: int) -> dict[str, str]:

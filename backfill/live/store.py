@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from backfill.live.sql import WRITE_NEW, schema_ddl, search_settings, search_sql
+from backfill.live.sql import WRITE_NEW, exact_side_workers, schema_ddl, search_settings, search_sql
 
 __all__ = ["StoreError", "WriterBusyError", "Hit", "SearchResult", "GalleryStore", "PgVectorStore",
            "open_store", "is_uri", "METHODS", "ORDERS", "HNSW_SIDES"]
@@ -124,18 +124,22 @@ class PgVectorStore:
     ``server`` keeps an embedded server alive. ``ann``: search with the HNSW indexes (when built,
     :meth:`build_hnsw`) with iterative scans, so that a side whose index still holds moved rows returns k rows;
     ``False`` (default) searches exactly, like the engine. With ``ann``, a side holding fewer than
-    ``ann_min_rows`` items is still scanned exactly: at the end of a job the pending side's index lists mostly
-    moved rows, which an iterative scan walks through before it gives up, and a small side is cheap to scan.
-    ``parallel_workers``: PostgreSQL parallel workers per side of an exact search (0: the connection's backend
-    alone).
+    ``ann_min_rows`` items is still scanned exactly: late in a job the pending side's index lists mostly moved
+    rows, and an iterative scan visits about k x (index entries / live rows) of them to find k live ones, while
+    an exact scan reads the partition once. The crossover depends on the live rows, not the gallery size
+    (measured at 35,000 entries, k = 10: HNSW 5 ms against exact 11 ms at 2,000 live rows, 23 ms against 7 ms at
+    100; benchmarks/README.md). ``parallel_workers``: PostgreSQL parallel workers per side of an exact search,
+    used only when an exact side holds ``parallel_min_rows`` items or more (starting workers costs more than
+    they save on a small side, and a job's leftover pending partition is small but still many pages).
     """
 
     uri: str
     server: Any = None
     ann: bool = False
     ef_search: int = 100
-    ann_min_rows: int = 10_000
+    ann_min_rows: int = 2_000
     parallel_workers: int = 2
+    parallel_min_rows: int = 20_000
     pool: Any = None
     _conn: Any = field(default=None, repr=False)
 
@@ -396,6 +400,9 @@ class PgVectorStore:
                                        [x for kv in settings.items() for x in (kv[0], str(kv[1]))]).fetchone()[-2:]
             sizes = {"old": total if method == "old" else total - done, "new": done}
             ann = [space for space, rows in sizes.items() if self.ann and rows >= self.ann_min_rows]
+            if exact_side_workers(sizes, ann, workers=self.parallel_workers,
+                                  min_rows=self.parallel_min_rows) != self.parallel_workers:
+                conn.execute("SELECT set_config('max_parallel_workers_per_gather', '0', true)")
             rows = conn.execute(search_sql(method, ann=ann), params).fetchall()
         if not rows:
             raise StoreError("the store holds no gallery progress row")
