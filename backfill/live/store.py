@@ -127,8 +127,8 @@ class PgVectorStore:
     ``ann_min_rows`` items is still scanned exactly: late in a job the pending side's index lists mostly moved
     rows, and an iterative scan visits about k x (index entries / live rows) of them to find k live ones, while
     an exact scan reads the partition once. The crossover depends on the live rows, not the gallery size
-    (measured at 35,000 entries, k = 10: HNSW 5 ms against exact 11 ms at 2,000 live rows, 23 ms against 7 ms at
-    100; benchmarks/README.md). ``parallel_workers``: PostgreSQL parallel workers per side of an exact search,
+    (``benchmarks/pending_side.py``, 35,000 entries, k = 10: HNSW 6 ms against exact 11 ms at 1,750 live rows,
+    28 ms against 10 ms at 105). ``parallel_workers``: PostgreSQL parallel workers per side of an exact search,
     used only when an exact side holds ``parallel_min_rows`` items or more (starting workers costs more than
     they save on a small side, and a job's leftover pending partition is small but still many pages).
     """
