@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from backfill.datasets import load_dataset
 from backfill.embeddings import Embeddings
@@ -35,14 +36,10 @@ from backfill.suite import ModelSuite
 
 
 def rank_auc(order: np.ndarray, positive: np.ndarray) -> float:
-    """ROC AUC of "backfilled earlier" as a detector of ``positive`` items (Mann-Whitney U)."""
-    position = np.empty(order.size, dtype=np.float64)
+    """ROC AUC of "backfilled earlier" as a detector of ``positive`` items."""
+    position = np.empty(order.size, dtype=np.int64)
     position[order] = np.arange(order.size)
-    score = -position  # earlier = higher; a permutation has no ties
-    ranks = np.empty(order.size, dtype=np.float64)
-    ranks[np.argsort(score, kind="stable")] = np.arange(1, order.size + 1)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(positive, -position))
 
 
 def main() -> None:
@@ -68,8 +65,8 @@ def main() -> None:
         return evaluate_curve(strategy, queries, full, order, points=[ratio], leave_one_out=True).ap[:, 0]
 
     random = random_order(n, seed=args.seed)
-    centroids = class_centroids(full.old, labels)[1]  # label oracle: the old-space centre of each class
-    oracle_queries = Embeddings(labels, centroids[np.searchsorted(np.unique(labels), labels)], full.new)
+    classes, centroids = class_centroids(full.old, labels)  # label oracle: the old-space centre of each class
+    oracle_queries = Embeddings(labels, centroids[np.searchsorted(classes, labels)], full.new)
     rows = {
         "old/old": per_query("old", full, random, 0.0),
         "full at 0% (psi(new query) vs old gallery)": per_query("rt_merge", full, random, 0.0),

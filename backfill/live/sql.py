@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-__all__ = ["schema_ddl", "WRITE_NEW", "search_sql", "search_settings", "SEARCH_SPACES"]
+__all__ = ["schema_ddl", "WRITE_NEW", "search_sql", "search_settings", "exact_side_workers", "SEARCH_SPACES"]
 
 SCHEMA = "backfill"
 

@@ -28,7 +28,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from backfill.live.sql import WRITE_NEW, exact_side_workers, schema_ddl, search_settings, search_sql
+from backfill.live.sql import (
+    SEARCH_SPACES,
+    WRITE_NEW,
+    exact_side_workers,
+    schema_ddl,
+    search_settings,
+    search_sql,
+)
 
 __all__ = ["StoreError", "WriterBusyError", "Hit", "SearchResult", "GalleryStore", "PgVectorStore",
            "open_store", "is_uri", "METHODS", "ORDERS", "HNSW_SIDES"]
@@ -398,11 +405,13 @@ class PgVectorStore:
             total, done = conn.execute("SELECT " + ", ".join("set_config(%s, %s, true)" for _ in settings) +
                                        ", p.total, p.backfilled FROM backfill.progress p",
                                        [x for kv in settings.items() for x in (kv[0], str(kv[1]))]).fetchone()[-2:]
-            sizes = {"old": total if method == "old" else total - done, "new": done}
+            # Live rows of each side this method searches.
+            sizes = {space: done if space == "new" else total if method == "old" else total - done
+                     for *_, space in SEARCH_SPACES[method]}
             ann = [space for space, rows in sizes.items() if self.ann and rows >= self.ann_min_rows]
-            if exact_side_workers(sizes, ann, workers=self.parallel_workers,
-                                  min_rows=self.parallel_min_rows) != self.parallel_workers:
-                conn.execute("SELECT set_config('max_parallel_workers_per_gather', '0', true)")
+            workers = exact_side_workers(sizes, ann, workers=self.parallel_workers, min_rows=self.parallel_min_rows)
+            if workers != self.parallel_workers:
+                conn.execute("SELECT set_config('max_parallel_workers_per_gather', %s, true)", [str(workers)])
             rows = conn.execute(search_sql(method, ann=ann), params).fetchall()
         if not rows:
             raise StoreError("the store holds no gallery progress row")
