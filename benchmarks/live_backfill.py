@@ -2,17 +2,19 @@
 the job, and the store alone at a synthetic scale (exact and HNSW with recall).
 
     python benchmarks/live_backfill.py --synthetic 0 --hnsw 0          # Fashion-MNIST train+test (70,000 items)
+    python benchmarks/live_backfill.py --synthetic 0 --hnsw 0 --variants '' '--batches-per-task 4'   # job options
     python benchmarks/live_backfill.py --skip-gallery --synthetic 1000000 --hnsw 100000   # the store alone
     python benchmarks/live_backfill.py --store postgresql://u:p@host/scratch --ray-address auto   # a server, a cluster
 
 Parts:
 1. model alone: the same images (PNG bytes in memory), decoded and embedded by the new model with the same
    batch size, process count and torch threads as the job, no store, no Ray;
-2. the job (`backfill gallery backfill`) on the first half of the gallery with nothing else running: steady
-   items/s from the first to the last write seen in the store (and wall time with Ray's start-up), against
-   the mean of the model alone measured right before and right after it;
+2. the job (`backfill gallery backfill`) on the first half of the gallery with nothing else running, in
+   rounds of one run per --variants entry (job options; default: the job's defaults, and its store calls one
+   after another): steady items/s from the first to the last write seen in the store (and wall time with
+   Ray's start-up), each run against the mean of the model alone right before and right after its round;
 3. search latency through the HTTP service (`backfill serve`, method full, k=10): idle, then while the job
-   backfills the second half;
+   backfills the second half, again in rounds of one run per variant;
 4. the store alone on random unit vectors: exact search (both sides, half backfilled) at --synthetic items,
    and HNSW (iterative scan) at --hnsw items with recall@10 against exact.
 """
@@ -27,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +105,12 @@ def model_alone(pngs: list[bytes], *, workers: int, batch_size: int, threads: in
     return len(pngs) / max(seconds)
 
 
+def _rotated(items: list, r: int) -> list:
+    """``items`` rotated left by ``r`` (round ``r``'s run order: each variant goes first in turn)."""
+    r %= len(items)
+    return items[r:] + items[:r]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -124,14 +133,20 @@ def _search_loop(client, png: bytes, *, stop, interval: float = 0.0) -> dict[str
     return out
 
 
+def _backfilled(store) -> int:
+    """The progress count alone (``status()`` also scans the gallery for its models: too heavy to poll)."""
+    return store.conn.execute("SELECT backfilled FROM backfill.progress").fetchone()[0]
+
+
 def run_job(store_dir: str, *, limit: int | None, workers: int, batch_size: int, threads: int, store,
-            ray_address: str | None = None, during=None) -> dict:
-    """Run the job CLI; poll the store for its steady rate; ``during()`` runs meanwhile (returns its result)."""
+            ray_address: str | None = None, options: Sequence[str] = (), during=None) -> dict:
+    """Run the job CLI (extra ``options``); poll the store for its steady rate; ``during()`` runs meanwhile
+    (returns its result)."""
     cmd = [sys.executable, "-m", "backfill.cli", "gallery", "backfill", "--store", str(store_dir), "--suite",
            str(SUITE), "--workers", str(workers), "--batch-size", str(batch_size), "--threads", str(threads),
-           "--no-progress"] + (["--limit", str(limit)] if limit else []) + (
-           ["--ray-address", ray_address] if ray_address else [])
-    start_done = store.status()["backfilled"]
+           "--no-progress", *options] + (
+           ["--limit", str(limit)] if limit else []) + (["--ray-address", ray_address] if ray_address else [])
+    start_done = _backfilled(store)
     t0 = time.perf_counter()
     job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     samples = []
@@ -143,13 +158,13 @@ def run_job(store_dir: str, *, limit: int | None, workers: int, batch_size: int,
         th = threading.Thread(target=lambda: box.setdefault("r", during(lambda: job.poll() is not None)))
         th.start()
     while job.poll() is None:
-        samples.append((time.perf_counter(), store.status()["backfilled"]))
-        time.sleep(0.25)
+        samples.append((time.perf_counter(), _backfilled(store)))
+        time.sleep(0.1)
     wall = time.perf_counter() - t0
     out, err = job.communicate()
     if job.returncode != 0:
         raise RuntimeError(f"job failed: {err[-2000:]}")
-    samples.append((time.perf_counter(), store.status()["backfilled"]))
+    samples.append((time.perf_counter(), _backfilled(store)))
     if during is not None:
         th.join()
         result = box.get("r")
@@ -255,6 +270,12 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (job actors and baseline)")
+    p.add_argument("--variants", nargs="+", default=["", "--batches-per-task 1"], metavar="OPTIONS",
+                   help="job options compared in every round, one string per variant (default: the job's "
+                        "defaults, and its store calls one after another: '' '--batches-per-task 1')")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over the first half: the model alone, then one "
+                                                          "job run per variant (and the model alone at the end)")
+    p.add_argument("--during-rounds", type=int, default=2, help="rounds over the second half, with searches")
     p.add_argument("--searches", type=int, default=300, help="idle searches")
     p.add_argument("--synthetic", type=int, default=1_000_000, help="store-alone items (0: skip)")
     p.add_argument("--hnsw", type=int, default=100_000, help="store-alone items for the HNSW part (0: skip)")
@@ -283,18 +304,26 @@ def main() -> int:
         print("loading Fashion-MNIST train+test...", file=sys.stderr)
         pngs = load_fashion_mnist(store, suite)
         n = len(pngs)
-        # The model alone right before and right after the job: on this machine the same run moves by 10-20%
-        # from one minute to the next, so the job is compared with the mean and the two are shown.
-        alone = []
-        for step in ("model alone...", "job, first half...", "model alone again..."):
-            print(step, file=sys.stderr)
-            if step.startswith("job"):
-                job = run_job(store_dir, limit=n // 2, workers=args.workers, batch_size=args.batch_size,
-                              threads=args.threads, store=store, ray_address=args.ray_address)
-            else:
-                alone.append(model_alone(pngs[: n // 2], workers=args.workers, batch_size=args.batch_size,
-                                         threads=args.threads))
-        base = sum(alone) / len(alone)
+        # This machine's speed moves by 10-25% from one minute to the next (the model alone measured twice in a
+        # row), so the first half is backfilled in short job runs: each round runs the model alone, then the job
+        # once per variant (their order rotating from round to round), and each run is compared with the mean of
+        # the model alone before and after its round.
+        variants = {v: v.split() for v in args.variants}
+        alone, jobs = [], {v: [] for v in variants}
+        share = n // 2 // (args.rounds * len(variants))
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds}: model alone, job variants...", file=sys.stderr)
+            alone.append(model_alone(pngs[r * share:(r + 1) * share], workers=args.workers,
+                                     batch_size=args.batch_size, threads=args.threads))
+            for v in _rotated(list(variants), r):
+                jobs[v].append(run_job(store_dir, limit=share, workers=args.workers, batch_size=args.batch_size,
+                                       threads=args.threads, store=store, ray_address=args.ray_address,
+                                       options=variants[v]))
+        alone.append(model_alone(pngs[:share], workers=args.workers, batch_size=args.batch_size,
+                                 threads=args.threads))
+        shares = {v: [j["steady"] / ((a + b) / 2) for j, a, b in zip(runs, alone, alone[1:], strict=False)]
+                  for v, runs in jobs.items()}
+        base = float(np.mean(alone))
         hnsw_s = None
         if args.ann:
             t = time.perf_counter()
@@ -315,34 +344,49 @@ def main() -> int:
         png = pngs[-1]
         count = iter(range(args.searches + 20))
         idle = {key: v[20:] for key, v in _search_loop(client, png, stop=lambda: next(count, None) is None).items()}
-        print("job, second half with searches...", file=sys.stderr)
-        job2 = run_job(store_dir, limit=None, workers=args.workers, batch_size=args.batch_size,
-                       threads=args.threads, store=store, ray_address=args.ray_address,
-                       during=lambda stop: _search_loop(client, png, stop=stop, interval=0.02))
+        # The second half with searches, in --during-rounds rounds of one job run per variant (rotating), so
+        # that every variant meets a pending side of every size; each variant's searches are pooled.
+        order = [v for r in range(args.during_rounds) for v in _rotated(list(variants), r)]
+        during = {v: {"http": [], "sql": [], "embed": [], "steady": []} for v in variants}
+        segment = (n - n // 2) // len(order)
+        for i, v in enumerate(order):
+            print(f"job with searches, run {i + 1}/{len(order)} ({v or 'defaults'})...", file=sys.stderr)
+            run = run_job(store_dir, limit=None if i == len(order) - 1 else segment, workers=args.workers,
+                          batch_size=args.batch_size, threads=args.threads, store=store,
+                          ray_address=args.ray_address, options=variants[v],
+                          during=lambda stop: _search_loop(client, png, stop=stop, interval=0.02))
+            for key in ("http", "sql", "embed"):
+                during[v][key] += run["during"][key]
+            during[v]["steady"].append(run["steady"])
         client.close()
         server.terminate()
         server.wait(30)
-        during = job2["during"]
         recall = _ann_recall(store, _gallery_pairs(store, queries=100)) if args.ann else None
+        wall = float(np.mean([j["wall"] for j in jobs[args.variants[0]]]))
         search = {None: "exact", "old": "HNSW on the pending old side, new side exact",
                   "both": "HNSW, iterative scan"}[args.ann]
         rows += [
             ("gallery items", f"{n:,}", f"HNSW (m {args.m}, ef_construction {args.ef_construction}) built in "
                                         f"{hnsw_s:.0f} s after the first half" if args.ann else ""),
             (f"new model alone ({args.workers} proc x {args.threads} thread, batch {args.batch_size}), items/s",
-             f"{base:,.0f}", "baseline: mean of {:,.0f} before and {:,.0f} after the job".format(*alone)),
-            ("job steady items/s (Ray Data actors, store reads + conditional writes)", f"{job['steady']:,.0f}",
-             f"{100 * job['steady'] / base:.0f}% of the model alone"),
-            ("job wall time incl. Ray start-up, first half", f"{job['wall']:.1f} s",
-             f"{job['items'] / job['wall']:,.0f} items/s end to end"),
+             f"{base:,.0f}", f"mean of {len(alone)} runs of {share:,} images: "
+                             + ", ".join(f"{a:,.0f}" for a in alone)),
+            *[(f"job steady items/s, {v or 'defaults'}", f"{np.mean([j['steady'] for j in runs]):,.0f}",
+               f"median {100 * float(np.median(shares[v])):.0f}% of the model alone ({len(runs)} runs of "
+               f"{share:,} items, each against the mean of the model alone before and after its round: "
+               + ", ".join(f"{100 * x:.0f}%" for x in shares[v]) + ")")
+              for v, runs in jobs.items()],
+            ("job wall time incl. Ray start-up, per run", f"{wall:.1f} s",
+             f"{share / wall:,.0f} items/s end to end ({args.variants[0] or 'defaults'})"),
             (f"search p50 / p99 idle (HTTP, full, k=10, {search})", "{:.1f} / {:.1f} ms".format(*_pct(idle["http"])),
              "{} searches; of which SQL {:.1f} / {:.1f}, query embedding {:.1f} / {:.1f}".format(
                  len(idle["http"]), *_pct(idle["sql"]), *_pct(idle["embed"]))),
             *([("recall@10 of the HNSW search at the end (new side), against exact", f"{recall:.3f}",
                 "100 gallery items' new vectors as queries")] if recall is not None else []),
-            ("search p50 / p99 during the job", "{:.1f} / {:.1f} ms".format(*_pct(during["http"])),
-             "{} searches; SQL {:.1f} / {:.1f}, embedding {:.1f} / {:.1f}; job meanwhile {:,.0f} items/s".format(
-                 len(during["http"]), *_pct(during["sql"]), *_pct(during["embed"]), job2["steady"])),
+            *[(f"search p50 / p99 during the job, {v or 'defaults'}", "{:.1f} / {:.1f} ms".format(*_pct(d["http"])),
+               "{} searches; SQL {:.1f} / {:.1f}, embedding {:.1f} / {:.1f}; job meanwhile {:,.0f} items/s".format(
+                   len(d["http"]), *_pct(d["sql"]), *_pct(d["embed"]), np.mean(d["steady"])))
+              for v, d in during.items()],
         ]
         store.close()
         if store.server is not None:

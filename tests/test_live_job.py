@@ -101,3 +101,43 @@ def test_unreadable_image_stops_the_job_with_one_line(tmp_path, scope):
     finally:
         store.close()
         stop_embedded(path)
+
+
+def test_actor_pipelines_a_block_and_commits_batch_by_batch(tmp_path):
+    """One actor call over a block of six batches (reads and writes overlap the model): an unreadable image in
+    the fourth batch stops it with the first three committed and nothing after; the replay writes the rest
+    once, each item with the new model's vector."""
+    from backfill.datasets import load_dataset
+    from backfill.images import ImageLoadError
+    from backfill.live.gallery import model_tag
+    from backfill.live.job import EmbedAndWrite
+    from backfill.live.store import open_store
+    from backfill.suite import ModelSuite
+
+    n = 60
+    path = tmp_path / "store"
+    _load(path, n)
+    store = open_store(path)
+    suite = ModelSuite.load(SUITE)
+    try:
+        ids = store.pending_ids(order="random")
+        bad = int(ids[35])
+        original = store.images([bad])[bad]
+        store.conn.execute("UPDATE backfill.image SET data = 'this is no image' WHERE id = %s", (bad,))
+        worker = EmbedAndWrite(store.uri, str(SUITE), model_tag(suite.cards["new"]), batch_size=10)
+        with pytest.raises(ImageLoadError, match=f"^gallery item {bad}: "):
+            worker({"data": ids})
+        rows = fresh_rows(store.uri)
+        assert set(rows["ids"][rows["backfilled"]].tolist()) == set(ids[:30].tolist())
+
+        store.conn.execute("UPDATE backfill.image SET data = %s WHERE id = %s", (original, bad))
+        out = worker({"data": ids})  # the replay skips the three committed batches
+        assert out["seen"].tolist() == [n] and out["written"].tolist() == [n - 30]
+        rows = fresh_rows(store.uri)
+        assert rows["backfilled"].all() and (rows["writes"] == 1).all()
+        assert rows["old_rows"] == (n, n) and rows["old_misplaced"] == 0
+        expected = suite.embed_arrays(load_dataset("fashion_mnist", "test").images[:n])["new"]
+        np.testing.assert_allclose(np.stack([v.to_numpy() for v in rows["new"]]), expected, atol=1e-5, rtol=0)
+    finally:
+        store.close()
+        stop_embedded(path)

@@ -69,6 +69,13 @@ def test_second_writer_is_refused(store_dir, store, capsys):
     assert not store.status()["job_running"]
 
 
+@pytest.mark.parametrize("option", ["--batch-size", "--batches-per-task", "--workers"])
+def test_job_sizes_must_be_positive(store_dir, capsys, option):
+    rc, _, err = cli_in_process(capsys, "gallery", "backfill", "--store", str(store_dir), "--suite", str(SUITE),
+                                option, "0")
+    assert rc == 2 and err == f"backfill gallery: error: {option} must be positive, got 0\n"
+
+
 def test_suite_with_other_dims_is_refused(tmp_path, capsys):
     from backfill.live.service import create_app
     from backfill.live.store import StoreError, open_store

@@ -35,7 +35,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--suite", required=True, metavar="DIR", help="model suite directory (its new model is used)")
     p.add_argument("--order", choices=["random", "old_entropy"], default="random",
                    help="random (seeded at load time) or old_entropy (uncertain items first)")
-    p.add_argument("--batch-size", type=int, default=256, metavar="N")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N", help="items per model call and per write")
+    p.add_argument("--batches-per-task", type=int, default=8, metavar="N",
+                   help="batches an actor pipelines per Ray task (reads and writes overlap the model; 1: none)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="model actors (one GPU each if present)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads per actor")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
@@ -103,7 +105,7 @@ def _run_backfill(args: argparse.Namespace) -> int:
 
     r = run_job(args.store, args.suite, order=args.order, batch_size=args.batch_size, workers=args.workers,
                 ray_address=args.ray_address, limit=args.limit, threads=args.threads,
-                progress=not args.no_progress)
+                batches_per_task=args.batches_per_task, progress=not args.no_progress)
     print(f"{args.store}: wrote {r.written} of {r.scheduled} scheduled items; "
           f"{r.backfilled}/{r.total} backfilled ({100 * r.backfilled / max(r.total, 1):.1f}%)")
     return 0

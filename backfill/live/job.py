@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -33,13 +35,19 @@ class JobResult:
 
 
 class EmbedAndWrite:
-    """Ray Data callable class (one per actor): holds the suite's new model and a store connection.
+    """Ray Data callable class (one per actor): holds the suite's new model and two store connections.
 
-    ``__call__`` takes a batch of ids, reads the still-pending ones' images, embeds them with the new model and
-    writes them conditionally. An unreadable image raises :class:`backfill.images.ImageLoadError` naming the item.
+    ``__call__`` takes a block of ids and handles it ``batch_size`` ids at a time: read the still-pending
+    ones' images, embed them with the new model, write them conditionally (one transaction per batch). The
+    batches are pipelined: while the model embeds batch j, one thread reads batch j + 1's images and another
+    commits batch j - 1, each on its own connection, so the actor's core waits on the store only for the
+    block's first read and last write. A call returns only when its writes are committed. An unreadable image
+    raises :class:`backfill.images.ImageLoadError` naming the item, after the store calls in flight have
+    finished.
     """
 
-    def __init__(self, uri: str, suite_dir: str, model: str, threads: int | None = None) -> None:
+    def __init__(self, uri: str, suite_dir: str, model: str, threads: int | None = None,
+                 batch_size: int = 256) -> None:
         import torch
 
         from backfill.live.store import PgVectorStore
@@ -48,25 +56,46 @@ class EmbedAndWrite:
         if threads:
             torch.set_num_threads(threads)
         self.suite = ModelSuite.load(suite_dir, device="cuda" if torch.cuda.is_available() else "cpu")
-        self.store = PgVectorStore(uri)
+        self.reader, self.writer = PgVectorStore(uri), PgVectorStore(uri)
+        self.io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="backfill-store")
         self.model = model
+        self.batch_size = int(batch_size)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _embed(self, rows: list[tuple[int, bytes]]) -> np.ndarray:
         from backfill.images import ImageLoadError, load_image
         from backfill.live.gallery import embed_new
 
+        images = []
+        for item, data in rows:
+            try:
+                images.append(load_image(data))
+            except ImageLoadError as exc:
+                raise ImageLoadError(f"gallery item {item}: {exc}") from None
+        return embed_new(self.suite, images)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = np.asarray(batch["data"], dtype=np.int64)  # from_numpy names the column "data"
-        rows = self.store.pending_images(ids)  # already-written items (a replay after a kill) are skipped
+        batches = [ids[i:i + self.batch_size] for i in range(0, ids.size, self.batch_size)]
+        # Already-written items (a replay after a kill) are skipped by the read and by the write's condition.
+        reading = self.io.submit(self.reader.pending_images, batches[0]) if batches else None
+        writing: Future | None = None
         written = 0
-        if rows:
-            images = []
-            for item, data in rows:
-                try:
-                    images.append(load_image(data))
-                except ImageLoadError as exc:
-                    raise ImageLoadError(f"gallery item {item}: {exc}") from None
-            vectors = embed_new(self.suite, images)
-            written = self.store.write_new(np.array([r[0] for r in rows]), vectors, model=self.model)
+        try:
+            for j in range(len(batches)):
+                rows = reading.result()
+                reading = self.io.submit(self.reader.pending_images, batches[j + 1]) if j + 1 < len(batches) else None
+                vectors = self._embed(rows) if rows else None
+                if writing is not None:
+                    written += writing.result()
+                    writing = None
+                if rows:
+                    writing = self.io.submit(self.writer.write_new, np.array([r[0] for r in rows]), vectors,
+                                             model=self.model)
+            if writing is not None:
+                written += writing.result()
+                writing = None
+        finally:  # on an error, let the store calls in flight finish before it propagates
+            wait([f for f in (reading, writing) if f is not None])
         return {"seen": np.array([len(ids)]), "written": np.array([written])}
 
 
@@ -111,7 +140,7 @@ def _init_ray(address: str | None, workers: int) -> None:
 
 def run_job(store: str, suite_dir: str, *, order: str = "random", batch_size: int = 256, workers: int = 1,
             ray_address: str | None = None, limit: int | None = None, threads: int | None = None,
-            progress: bool = True) -> JobResult:
+            batches_per_task: int = 8, progress: bool = True) -> JobResult:
     """Run (or resume) the backfill of ``store`` with the suite in ``suite_dir``.
 
     Parameters
@@ -122,6 +151,9 @@ def run_job(store: str, suite_dir: str, *, order: str = "random", batch_size: in
     ray_address : a Ray cluster (``ray://host:10001`` or ``auto``); default a local Ray.
     limit : stop after this many more items (demos, tests).
     threads : torch threads per actor (default: torch's choice).
+    batches_per_task : batches per Ray task, pipelined by the actor. A task's first read and last write are the
+        only store calls not overlapped with the model, so longer tasks hide more of the store; shorter ones
+        report progress more often; 1 runs read, embed and write one after another.
     """
     from tqdm.auto import tqdm
 
@@ -130,7 +162,8 @@ def run_job(store: str, suite_dir: str, *, order: str = "random", batch_size: in
 
     if order not in ORDERS:
         raise StoreError(f"unknown order {order!r}; expected one of {', '.join(ORDERS)}")
-    for name, value in (("--batch-size", batch_size), ("--workers", workers)):
+    for name, value in (("--batch-size", batch_size), ("--workers", workers),
+                        ("--batches-per-task", batches_per_task)):
         if value < 1:
             raise ValueError(f"{name} must be positive, got {value}")
     if limit is not None and limit < 0:
@@ -150,30 +183,35 @@ def run_job(store: str, suite_dir: str, *, order: str = "random", batch_size: in
         pending = gallery.pending_ids(order=order, limit=limit)
         written = 0
         if pending.size:
+            bar = partial(tqdm, total=int(pending.size), desc="backfill", unit="item", unit_scale=True,
+                          disable=not progress, smoothing=0.1)
             written = _run_ray(gallery.uri, str(suite_dir), tag, pending, batch_size=batch_size,
                                workers=workers, ray_address=ray_address, threads=threads,
-                               bar=lambda: tqdm(total=int(pending.size), desc="backfill", unit="item",
-                                                unit_scale=True, disable=not progress, smoothing=0.1))
+                               batches_per_task=batches_per_task, bar=bar)
         status = gallery.status()
     gallery.close()
     return JobResult(int(pending.size), written, status["backfilled"], status["total"])
 
 
 def _run_ray(uri: str, suite_dir: str, tag: str, pending: np.ndarray, *, batch_size: int, workers: int,
-             ray_address: str | None, threads: int | None, bar: Callable[[], Any]) -> int:
+             ray_address: str | None, threads: int | None, batches_per_task: int,
+             bar: Callable[[], Any]) -> int:
     import ray
     import ray.data
 
     _init_ray(ray_address, workers)
-    # One block per batch, so that every actor gets work and progress is reported batch by batch.
-    blocks = [pending[i:i + batch_size] for i in range(0, pending.size, batch_size)]
+    # One block per Ray task: up to batches_per_task batches (the actor pipelines them), fewer when that would
+    # leave an actor without work; progress is reported block by block.
+    n_batches = -(-pending.size // batch_size)
+    block = batch_size * max(1, min(batches_per_task, -(-n_batches // workers)))
+    blocks = [pending[i:i + block] for i in range(0, pending.size, block)]
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    # from_numpy of a list: one block per batch, column "data" (the ids).
+    # from_numpy of a list: one block per entry, column "data" (the ids).
     ds = ray.data.from_numpy(blocks).map_batches(
-        EmbedAndWrite, fn_constructor_args=(uri, suite_dir, tag, threads), batch_size=batch_size,
+        EmbedAndWrite, fn_constructor_args=(uri, suite_dir, tag, threads, batch_size), batch_size=block,
         compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus, num_cpus=0 if gpus else 1,
         batch_format="numpy")
     written = 0
