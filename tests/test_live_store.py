@@ -106,6 +106,7 @@ def test_writes_are_conditional_and_searches_consistent(store):
     assert store.write_new(ids, vecs, model="test") == 40
     assert store.write_new(ids, -vecs, model="again") == 0  # already backfilled: untouched
     assert store.status()["backfilled"] == before + 40
+    assert "test" in store.status()["models"] and "again" not in store.status()["models"]  # wrote nothing
     exported = store.export()
     assert np.allclose(exported["new"][ids], vecs, atol=1e-6)
     assert int(exported["backfilled"].sum()) == before + 40
@@ -126,6 +127,39 @@ def test_writes_are_conditional_and_searches_consistent(store):
             assert all((h.space == "new") == (h.id in done) for h in res.hits)
     top = store.search(method="new_partial", k=1, q_new=q_new, q_old=None).hits[0]
     assert top.id == ids[0] and top.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_gallery_of_layout_2_is_upgraded_in_place(tmp_path):
+    """Layout 3 keeps the writing models in the progress row (a status no longer scans the gallery); a store of
+    layout 2 gains it when first read, filled from the gallery, with its vectors and progress untouched."""
+    from backfill.cli import main
+    from backfill.live.store import SCHEMA_VERSION, open_store
+
+    path = tmp_path / "store"
+    assert main(["gallery", "load", "--store", str(path), "--suite", str(SUITE), "--dataset", "fashion_mnist",
+                 "--limit", "30", "--no-progress"]) == 0
+    store = open_store(path)
+    try:
+        assert store.status()["models"] == []
+        vecs = np.eye(128, dtype=np.float32)[:10]
+        assert store.write_new(np.arange(10), vecs, model="m1") == 10
+        assert store.write_new(np.arange(10, 15), vecs[:5], model="m0") == 5
+        assert store.status()["models"] == ["m0", "m1"]
+        store.conn.execute("ALTER TABLE backfill.progress DROP COLUMN models")  # back to layout 2
+        store.conn.execute("UPDATE backfill.meta SET value = '2' WHERE key = 'schema'")
+        store.close()
+
+        upgraded = open_store(path)
+        status = upgraded.status()
+        assert status["models"] == ["m0", "m1"] and status["backfilled"] == 15 and status["total"] == 30
+        assert upgraded.meta()["schema"] == SCHEMA_VERSION == 3
+        assert upgraded.write_new(np.arange(15, 20), vecs[:5], model="m1") == 5
+        assert upgraded.status()["models"] == ["m0", "m1"] and upgraded.status()["backfilled"] == 20
+        assert np.allclose(upgraded.export()["new"][:10], vecs)
+        upgraded.close()
+    finally:
+        store.close()
+        stop_embedded(path)
 
 
 def test_exact_sides_use_parallel_workers_only_when_big(store):

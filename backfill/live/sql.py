@@ -6,7 +6,7 @@ Layout (schema ``backfill``), chosen so that a search reads only what it scores:
     vec_old(id, label, backfilled, old vector(d_o))   partitioned by backfilled:
         vec_old_pending (false) | vec_old_done (true)                        old vectors, moved on backfill
     vec_new(id pk, label, new vector(d_n))                                   one row per backfilled item
-    image(id pk, data bytea), progress(total, backfilled), meta(key pk, value jsonb)
+    image(id pk, data bytea), progress(total, backfilled, models), meta(key pk, value jsonb)
 
 An exact search is a sequential scan with one inner product per row, and its cost is the rows it visits: the
 old side of ``full`` / ``rank_merge`` reads only the pending partition, the new side only ``vec_new``, each row
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-__all__ = ["schema_ddl", "WRITE_NEW", "search_sql", "search_settings", "exact_side_workers", "SEARCH_SPACES"]
+__all__ = ["schema_ddl", "WRITE_NEW", "UPGRADE_2_TO_3", "search_sql", "search_settings", "exact_side_workers",
+           "SEARCH_SPACES"]
 
 SCHEMA = "backfill"
 
@@ -45,8 +46,9 @@ def schema_ddl(d_old: int, d_new: int) -> list[str]:
         f"""CREATE TABLE backfill.vec_new (id bigint PRIMARY KEY, label bigint NOT NULL,
                new vector({int(d_new)}) NOT NULL)""",
         "CREATE TABLE backfill.image (id bigint PRIMARY KEY, data bytea NOT NULL)",
+        # models: those that wrote new vectors, kept here so that a status need not scan the gallery.
         """CREATE TABLE backfill.progress (one boolean PRIMARY KEY DEFAULT true CHECK (one),
-               total bigint NOT NULL, backfilled bigint NOT NULL)""",
+               total bigint NOT NULL, backfilled bigint NOT NULL, models text[] NOT NULL DEFAULT '{}')""",
         "INSERT INTO backfill.progress (total, backfilled) VALUES (0, 0)",
         "CREATE TABLE backfill.meta (key text PRIMARY KEY, value jsonb NOT NULL)",
     ]
@@ -67,8 +69,19 @@ WRITE_NEW = """
          o AS (UPDATE backfill.vec_old o SET backfilled = true FROM u
                WHERE o.id = u.id AND o.id = ANY(%(ids)b::bigint[]) AND NOT o.backfilled RETURNING o.id),
          n AS (INSERT INTO backfill.vec_new (id, label, new) SELECT id, label, new FROM u RETURNING id)
-    UPDATE backfill.progress SET backfilled = backfilled + (SELECT count(*) FROM u)
+    UPDATE backfill.progress SET backfilled = backfilled + (SELECT count(*) FROM u),
+           models = CASE WHEN EXISTS (SELECT FROM u) AND NOT %(model)s = ANY(models)
+                         THEN array_append(models, %(model)s::text) ELSE models END
     RETURNING (SELECT count(*) FROM u), (SELECT count(*) FROM o), (SELECT count(*) FROM n)"""
+
+#: Layout 2 -> 3 in place: the progress row gains the models that wrote new vectors (filled from the gallery
+#: once). ``IF NOT EXISTS`` and the table lock make a second, racing upgrade a no-op.
+UPGRADE_2_TO_3 = [
+    "ALTER TABLE backfill.progress ADD COLUMN IF NOT EXISTS models text[] NOT NULL DEFAULT '{}'",
+    """UPDATE backfill.progress SET models = ARRAY(
+           SELECT DISTINCT model FROM backfill.gallery WHERE model IS NOT NULL ORDER BY 1)""",
+    """INSERT INTO backfill.meta VALUES ('schema', '3') ON CONFLICT (key) DO UPDATE SET value = '3'""",
+]
 
 #: Per method: the sides merged, as (table and filter, vector column, query parameter, space).
 SEARCH_SPACES = {

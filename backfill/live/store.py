@@ -30,6 +30,7 @@ import numpy as np
 
 from backfill.live.sql import (
     SEARCH_SPACES,
+    UPGRADE_2_TO_3,
     WRITE_NEW,
     exact_side_workers,
     schema_ddl,
@@ -48,8 +49,9 @@ ORDERS = ("random", "old_entropy")
 HNSW_SIDES = ("old", "new")
 #: Session advisory-lock key held by the one writer (the job's driver): b"backfill" as an int64.
 WRITER_LOCK_KEY = int.from_bytes(b"backfill", "big") & 0x7FFF_FFFF_FFFF_FFFF
-#: Layout version in ``meta`` (galleries of the older one-table layout are refused with a one-line error).
-SCHEMA_VERSION = 2
+#: Layout version in ``meta``: galleries of layout 2 are upgraded in place when first read (3 keeps the models
+#: in the progress row); those of the older one-table layout are refused with a one-line error.
+SCHEMA_VERSION = 3
 
 
 class StoreError(ValueError):
@@ -300,7 +302,18 @@ class PgVectorStore:
         with self._reader() as conn:
             if not self._has_gallery(conn):
                 raise StoreError("the store holds no gallery (create one with `backfill gallery load`)")
-            return {k: v for k, v in conn.execute("SELECT key, value FROM backfill.meta").fetchall()}
+            meta = {k: v for k, v in conn.execute("SELECT key, value FROM backfill.meta").fetchall()}
+        if meta.get("schema") == 2:
+            meta = self._upgrade_from_2()
+        return meta
+
+    def _upgrade_from_2(self) -> dict[str, Any]:
+        """Upgrade a gallery of layout 2 in place (nothing is rewritten but the progress row); its metadata."""
+        conn = self.conn
+        with conn.transaction():
+            for statement in UPGRADE_2_TO_3:
+                conn.execute(statement)
+        return {k: v for k, v in conn.execute("SELECT key, value FROM backfill.meta").fetchall()}
 
     def require_loaded(self) -> dict[str, Any]:
         """The metadata of a completely loaded gallery; :class:`StoreError` otherwise."""
@@ -313,14 +326,12 @@ class PgVectorStore:
         """``{"total", "backfilled", "pending", "ratio", "models", "job_running", "d_old", "d_new", ...}``."""
         meta = self.meta()
         with self._reader() as conn:
-            total, done = conn.execute("SELECT total, backfilled FROM backfill.progress").fetchone()
-            models = [r[0] for r in conn.execute(
-                "SELECT DISTINCT model FROM backfill.gallery WHERE model IS NOT NULL ORDER BY 1").fetchall()]
+            total, done, models = conn.execute("SELECT total, backfilled, models FROM backfill.progress").fetchone()
             running = conn.execute(
                 "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
                 "((classid::bigint << 32) | objid::bigint) = %s", (WRITER_LOCK_KEY,)).fetchone()[0]
         return {"total": int(total), "backfilled": int(done), "pending": int(total - done),
-                "ratio": float(done / total) if total else 0.0, "models": models, "job_running": bool(running),
+                "ratio": float(done / total) if total else 0.0, "models": sorted(models), "job_running": bool(running),
                 **{k: meta[k] for k in ("d_old", "d_new", "dataset", "split") if k in meta}}
 
     def pending_ids(self, *, order: str, limit: int | None = None) -> np.ndarray:
