@@ -2,6 +2,7 @@
 the job, and the store alone at a synthetic scale (exact and HNSW with recall).
 
     python benchmarks/live_backfill.py --synthetic 0 --hnsw 0          # Fashion-MNIST train+test (70,000 items)
+    python benchmarks/live_backfill.py --synthetic 0 --hnsw 0 --ann both --m 8 --ef-construction 32   # the README's
     python benchmarks/live_backfill.py --synthetic 0 --hnsw 0 --variants '' '--batches-per-task 4'   # job options
     python benchmarks/live_backfill.py --skip-gallery --synthetic 1000000 --hnsw 100000   # the store alone
     python benchmarks/live_backfill.py --store postgresql://u:p@host/scratch --ray-address auto   # a server, a cluster
@@ -267,7 +268,7 @@ def synthetic(n: int, *, hnsw: bool, store_uri: str | None = None, queries: int 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1, help="job actors and model-alone processes (default 1, the job's)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (job actors and baseline)")
     p.add_argument("--variants", nargs="+", default=["", "--batches-per-task 1"], metavar="OPTIONS",
