@@ -135,7 +135,8 @@ def _search_loop(client, png: bytes, *, stop, interval: float = 0.0) -> dict[str
 
 
 def _backfilled(store) -> int:
-    """The progress count alone (``status()`` also scans the gallery for its models: too heavy to poll)."""
+    """The progress count alone: one row, cheap to poll ten times a second (``status()`` also reads the
+    metadata and the lock table)."""
     return store.conn.execute("SELECT backfilled FROM backfill.progress").fetchone()[0]
 
 

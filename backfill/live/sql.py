@@ -75,7 +75,7 @@ WRITE_NEW = """
     RETURNING (SELECT count(*) FROM u), (SELECT count(*) FROM o), (SELECT count(*) FROM n)"""
 
 #: Layout 2 -> 3 in place: the progress row gains the models that wrote new vectors (filled from the gallery
-#: once). ``IF NOT EXISTS`` and the table lock make a second, racing upgrade a no-op.
+#: once). ALTER TABLE locks the table, and ``IF NOT EXISTS`` makes a second, racing upgrade a no-op.
 UPGRADE_2_TO_3 = [
     "ALTER TABLE backfill.progress ADD COLUMN IF NOT EXISTS models text[] NOT NULL DEFAULT '{}'",
     """UPDATE backfill.progress SET models = ARRAY(

@@ -304,16 +304,15 @@ class PgVectorStore:
                 raise StoreError("the store holds no gallery (create one with `backfill gallery load`)")
             meta = {k: v for k, v in conn.execute("SELECT key, value FROM backfill.meta").fetchall()}
         if meta.get("schema") == 2:
-            meta = self._upgrade_from_2()
+            self._upgrade_from_2()
+            return self.meta()
         return meta
 
-    def _upgrade_from_2(self) -> dict[str, Any]:
-        """Upgrade a gallery of layout 2 in place (nothing is rewritten but the progress row); its metadata."""
-        conn = self.conn
-        with conn.transaction():
+    def _upgrade_from_2(self) -> None:
+        """Upgrade a gallery of layout 2 in place (nothing is rewritten but the progress row)."""
+        with self.conn.transaction():
             for statement in UPGRADE_2_TO_3:
-                conn.execute(statement)
-        return {k: v for k, v in conn.execute("SELECT key, value FROM backfill.meta").fetchall()}
+                self.conn.execute(statement)
 
     def require_loaded(self) -> dict[str, Any]:
         """The metadata of a completely loaded gallery; :class:`StoreError` otherwise."""
