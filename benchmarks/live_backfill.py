@@ -3,17 +3,18 @@ the job, and the store alone at a synthetic scale (exact and HNSW with recall).
 
     python benchmarks/live_backfill.py --synthetic 0 --hnsw 0          # Fashion-MNIST train+test (70,000 items)
     python benchmarks/live_backfill.py --synthetic 0 --hnsw 0 --ann both --m 8 --ef-construction 32   # the README's
-    python benchmarks/live_backfill.py --synthetic 0 --hnsw 0 --variants '' '--batches-per-task 4'   # job options
+    python benchmarks/live_backfill.py --synthetic 0 --hnsw 0 --variants '' '--batches-per-task 1'   # job options
     python benchmarks/live_backfill.py --skip-gallery --synthetic 1000000 --hnsw 100000   # the store alone
     python benchmarks/live_backfill.py --store postgresql://u:p@host/scratch --ray-address auto   # a server, a cluster
 
 Parts:
 1. model alone: the same images (PNG bytes in memory), decoded and embedded by the new model with the same
    batch size, process count and torch threads as the job, no store, no Ray;
-2. the job (`backfill gallery backfill`) on the first half of the gallery with nothing else running, in
-   rounds of one run per --variants entry (job options; default: the job's defaults, and its store calls one
-   after another): steady items/s from the first to the last write seen in the store (and wall time with
-   Ray's start-up), each run against the mean of the model alone right before and right after its round;
+2. the job (`backfill gallery backfill`) on the first half of the gallery, the service up but idle, in
+   rounds of one run per --variants entry (job options; default: the job's defaults, and the job pipelined
+   even while the service answers searches): steady items/s from the first to the last write seen in the
+   store (and wall time with Ray's start-up), each run against the mean of the model alone right before and
+   right after its round;
 3. search latency through the HTTP service (`backfill serve`, method full, k=10): idle, then while the job
    backfills the second half, again in rounds of one run per variant;
 4. the store alone on random unit vectors: exact search (both sides, half backfilled) at --synthetic items,
@@ -272,9 +273,9 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=1, help="job actors and model-alone processes (default 1, the job's)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (job actors and baseline)")
-    p.add_argument("--variants", nargs="+", default=["", "--batches-per-task 1"], metavar="OPTIONS",
+    p.add_argument("--variants", nargs="+", default=["", "--no-yield-to-searches"], metavar="OPTIONS",
                    help="job options compared in every round, one string per variant (default: the job's "
-                        "defaults, and its store calls one after another: '' '--batches-per-task 1')")
+                        "defaults, and pipelined even during searches: '' '--no-yield-to-searches')")
     p.add_argument("--rounds", type=int, default=3, help="rounds over the first half: the model alone, then one "
                                                           "job run per variant (and the model alone at the end)")
     p.add_argument("--during-rounds", type=int, default=2, help="rounds over the second half, with searches")
@@ -311,6 +312,21 @@ def main() -> int:
         # once per variant (their order rotating from round to round), and each run is compared with the mean of
         # the model alone before and after its round.
         variants = {v: v.split() for v in args.variants}
+        # The service runs from the start, as in a deployment; the first half has no searches (the service
+        # idle), so a job that yields to searches runs as it would alone. ``--ann`` searches use the HNSW
+        # indexes once they are built after the first half.
+        port = _free_port()
+        server = subprocess.Popen([sys.executable, "-m", "backfill.cli", "serve", "--store", str(store_dir),
+                                   "--suite", str(SUITE), "--port", str(port)] + (["--ann"] if args.ann else []),
+                                  stderr=subprocess.DEVNULL)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+        for _ in range(600):
+            try:
+                if client.get("/status").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        time.sleep(2)  # the service's start-up requests are past
         alone, jobs = [], {v: [] for v in variants}
         share = n // 2 // (args.rounds * len(variants))
         for r in range(args.rounds):
@@ -332,17 +348,6 @@ def main() -> int:
             store.build_hnsw(m=args.m, ef_construction=args.ef_construction,
                              sides=("old",) if args.ann == "old" else ("old", "new"))
             hnsw_s = time.perf_counter() - t
-        port = _free_port()
-        server = subprocess.Popen([sys.executable, "-m", "backfill.cli", "serve", "--store", str(store_dir),
-                                   "--suite", str(SUITE), "--port", str(port)] + (["--ann"] if args.ann else []),
-                                  stderr=subprocess.DEVNULL)
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-        for _ in range(600):
-            try:
-                if client.get("/status").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         png = pngs[-1]
         count = iter(range(args.searches + 20))
         idle = {key: v[20:] for key, v in _search_loop(client, png, stop=lambda: next(count, None) is None).items()}

@@ -141,3 +141,71 @@ def test_actor_pipelines_a_block_and_commits_batch_by_batch(tmp_path):
     finally:
         store.close()
         stop_embedded(path)
+
+
+def test_actor_yields_to_a_busy_search_service(tmp_path):
+    """While the search service's connections answer requests, an actor runs each batch's read, embedding and
+    write in turn (the next read starts after the last commit); with the service idle or the option off, it
+    reads ahead while writing. Every item is written once either way."""
+    import threading
+    import time
+
+    from backfill.live.gallery import model_tag
+    from backfill.live.job import EmbedAndWrite
+    from backfill.live.store import SERVICE_APPLICATION, open_store
+    from backfill.suite import ModelSuite
+
+    path = tmp_path / "store"
+    _load(path, 60)
+    store, service = open_store(path), open_store(path)
+    tag = model_tag(ModelSuite.load(SUITE).cards["new"])
+
+    def in_turn(yield_to_searches: bool, ids: np.ndarray) -> bool:
+        worker = EmbedAndWrite(store.uri, str(SUITE), tag, batch_size=5, yield_to_searches=yield_to_searches)
+        events = []
+        for name, owner in (("pending_images", worker.reader), ("write_new", worker.writer)):
+            call = getattr(owner, name)
+
+            def timed(*args, call=call, name=name, **kwargs):
+                t = time.perf_counter()
+                out = call(*args, **kwargs)
+                events.append((name, t, time.perf_counter()))
+                return out
+
+            setattr(owner, name, timed)
+        assert worker({"data": ids})["written"].tolist() == [ids.size]
+        reads = sorted(e for e in events if e[0] == "pending_images")
+        writes = sorted(e for e in events if e[0] == "write_new")
+        assert len(reads) == len(writes) == ids.size // 5
+        # in turn: batch j + 1's read starts after batch j's commit ended
+        return all(reads[j + 1][1] >= writes[j][2] for j in range(len(writes) - 1))
+
+    stop = threading.Event()
+
+    def requests():
+        while not stop.is_set():
+            service.status()
+            time.sleep(0.1)
+
+    try:
+        ids = store.pending_ids(order="random")
+        service.open_pool(size=1, application_name=SERVICE_APPLICATION)
+        client = threading.Thread(target=requests)
+        client.start()
+        try:
+            time.sleep(0.3)
+            assert store.service_busy()
+            assert in_turn(True, ids[:20])
+            assert not in_turn(False, ids[20:40])
+        finally:
+            stop.set()
+            client.join()
+        time.sleep(1.5)
+        assert not store.service_busy()
+        assert not in_turn(True, ids[40:])
+        rows = fresh_rows(store.uri)
+        assert rows["backfilled"].all() and (rows["writes"] == 1).all()
+    finally:
+        service.close()
+        store.close()
+        stop_embedded(path)

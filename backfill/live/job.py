@@ -44,10 +44,16 @@ class EmbedAndWrite:
     block's first read and last write. A call returns only when its writes are committed. An unreadable image
     raises :class:`backfill.images.ImageLoadError` naming the item, after the store calls in flight have
     finished.
+
+    ``yield_to_searches``: with each read, ask the store whether the search service is busy (a request now or
+    in the last second); while it is, run the next batch's read, embedding and write one after another. A
+    pipelined actor keeps the model and the store's write (HNSW insertions, the store's costliest work) busy
+    at once, which on a small machine leaves the searches no core: their p99 rose from about 30 to 50-100 ms
+    (benchmarks/README.md).
     """
 
     def __init__(self, uri: str, suite_dir: str, model: str, threads: int | None = None,
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, yield_to_searches: bool = True) -> None:
         import torch
 
         from backfill.live.store import PgVectorStore
@@ -60,6 +66,11 @@ class EmbedAndWrite:
         self.io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="backfill-store")
         self.model = model
         self.batch_size = int(batch_size)
+        self.yield_to_searches = bool(yield_to_searches)
+
+    def _read(self, ids: np.ndarray) -> tuple[list[tuple[int, bytes]], bool]:
+        """The pending items' images, and whether to yield to the search service for this batch."""
+        return self.reader.pending_images(ids), self.yield_to_searches and self.reader.service_busy()
 
     def _embed(self, rows: list[tuple[int, bytes]]) -> np.ndarray:
         from backfill.images import ImageLoadError, load_image
@@ -77,13 +88,14 @@ class EmbedAndWrite:
         ids = np.asarray(batch["data"], dtype=np.int64)  # from_numpy names the column "data"
         batches = [ids[i:i + self.batch_size] for i in range(0, ids.size, self.batch_size)]
         # Already-written items (a replay after a kill) are skipped by the read and by the write's condition.
-        reading = self.io.submit(self.reader.pending_images, batches[0]) if batches else None
+        reading = self.io.submit(self._read, batches[0]) if batches else None
         writing: Future | None = None
         written = 0
         try:
             for j in range(len(batches)):
-                rows = reading.result()
-                reading = self.io.submit(self.reader.pending_images, batches[j + 1]) if j + 1 < len(batches) else None
+                rows, yielding = reading.result()
+                after = batches[j + 1] if j + 1 < len(batches) else None
+                reading = self.io.submit(self._read, after) if after is not None and not yielding else None
                 vectors = self._embed(rows) if rows else None
                 if writing is not None:
                     written += writing.result()
@@ -91,6 +103,11 @@ class EmbedAndWrite:
                 if rows:
                     writing = self.io.submit(self.writer.write_new, np.array([r[0] for r in rows]), vectors,
                                              model=self.model)
+                if yielding:  # commit this batch, then read the next: the model or the store busy, not both
+                    if writing is not None:
+                        written += writing.result()
+                        writing = None
+                    reading = self.io.submit(self._read, after) if after is not None else None
             if writing is not None:
                 written += writing.result()
                 writing = None
@@ -140,7 +157,7 @@ def _init_ray(address: str | None, workers: int) -> None:
 
 def run_job(store: str, suite_dir: str, *, order: str = "random", batch_size: int = 256, workers: int = 1,
             ray_address: str | None = None, limit: int | None = None, threads: int | None = None,
-            batches_per_task: int = 8, progress: bool = True) -> JobResult:
+            batches_per_task: int = 8, yield_to_searches: bool = True, progress: bool = True) -> JobResult:
     """Run (or resume) the backfill of ``store`` with the suite in ``suite_dir``.
 
     Parameters
@@ -154,6 +171,9 @@ def run_job(store: str, suite_dir: str, *, order: str = "random", batch_size: in
     batches_per_task : batches per Ray task, pipelined by the actor. A task's first read and last write are the
         only store calls not overlapped with the model, so longer tasks hide more of the store; shorter ones
         report progress more often; 1 runs read, embed and write one after another.
+    yield_to_searches : while the search service answers requests, run each batch's store calls and
+        embedding one after another instead of pipelined (see :class:`EmbedAndWrite`); ``False``: always
+        pipelined.
     """
     from tqdm.auto import tqdm
 
@@ -187,14 +207,14 @@ def run_job(store: str, suite_dir: str, *, order: str = "random", batch_size: in
                           disable=not progress, smoothing=0.1)
             written = _run_ray(gallery.uri, str(suite_dir), tag, pending, batch_size=batch_size,
                                workers=workers, ray_address=ray_address, threads=threads,
-                               batches_per_task=batches_per_task, bar=bar)
+                               batches_per_task=batches_per_task, yield_to_searches=yield_to_searches, bar=bar)
         status = gallery.status()
     gallery.close()
     return JobResult(int(pending.size), written, status["backfilled"], status["total"])
 
 
 def _run_ray(uri: str, suite_dir: str, tag: str, pending: np.ndarray, *, batch_size: int, workers: int,
-             ray_address: str | None, threads: int | None, batches_per_task: int,
+             ray_address: str | None, threads: int | None, batches_per_task: int, yield_to_searches: bool,
              bar: Callable[[], Any]) -> int:
     import ray
     import ray.data
@@ -211,7 +231,8 @@ def _run_ray(uri: str, suite_dir: str, tag: str, pending: np.ndarray, *, batch_s
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     # from_numpy of a list: one block per entry, column "data" (the ids).
     ds = ray.data.from_numpy(blocks).map_batches(
-        EmbedAndWrite, fn_constructor_args=(uri, suite_dir, tag, threads, batch_size), batch_size=block,
+        EmbedAndWrite, fn_constructor_args=(uri, suite_dir, tag, threads, batch_size, yield_to_searches),
+        batch_size=block,
         compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus, num_cpus=0 if gpus else 1,
         batch_format="numpy")
     written = 0

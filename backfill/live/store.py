@@ -39,7 +39,7 @@ from backfill.live.sql import (
 )
 
 __all__ = ["StoreError", "WriterBusyError", "Hit", "SearchResult", "GalleryStore", "PgVectorStore",
-           "open_store", "is_uri", "METHODS", "ORDERS", "HNSW_SIDES"]
+           "open_store", "is_uri", "METHODS", "ORDERS", "HNSW_SIDES", "SERVICE_APPLICATION"]
 
 #: Search methods of the service: which query vector scores which part of the gallery.
 METHODS = ("full", "rank_merge", "old", "new_partial")
@@ -47,6 +47,8 @@ METHODS = ("full", "rank_merge", "old", "new_partial")
 ORDERS = ("random", "old_entropy")
 #: Sides a search merges that can have an HNSW index: the pending old vectors and the new vectors.
 HNSW_SIDES = ("old", "new")
+#: ``application_name`` of the search service's connections: the job finds the service's recent requests by it.
+SERVICE_APPLICATION = "backfill serve"
 #: Session advisory-lock key held by the one writer (the job's driver): b"backfill" as an int64.
 WRITER_LOCK_KEY = int.from_bytes(b"backfill", "big") & 0x7FFF_FFFF_FFFF_FFFF
 #: Layout version in ``meta``: galleries of layout 2 are upgraded in place when first read (3 keeps the models
@@ -98,6 +100,8 @@ class GalleryStore(Protocol):
     def pending_images(self, ids: np.ndarray) -> list[tuple[int, bytes]]: ...
 
     def write_new(self, ids: np.ndarray, vectors: np.ndarray, *, model: str) -> int: ...
+
+    def service_busy(self, *, within: float = 1.0) -> bool: ...
 
     def search(self, *, method: str, k: int, q_new: np.ndarray | None,
                q_old: np.ndarray | None) -> SearchResult: ...
@@ -191,8 +195,9 @@ class PgVectorStore:
             self.pool.close()
             self.pool = None
 
-    def open_pool(self, *, size: int = 4) -> None:
-        """Serve reads from a connection pool (thread-safe: the service's request threads share it)."""
+    def open_pool(self, *, size: int = 4, application_name: str | None = None) -> None:
+        """Serve reads from a connection pool (thread-safe: the service's request threads share it), its
+        connections named ``application_name`` in ``pg_stat_activity``."""
         from psycopg_pool import ConnectionPool
 
         def configure(conn: Any) -> None:
@@ -201,7 +206,8 @@ class PgVectorStore:
             register_vector(conn)
 
         self.pool = ConnectionPool(self.uri, min_size=1, max_size=size, open=True, configure=configure,
-                                   kwargs={"autocommit": True}, timeout=10)
+                                   kwargs={"autocommit": True, "application_name": application_name or ""},
+                                   timeout=10)
 
     @contextmanager
     def _reader(self) -> Iterator[Any]:
@@ -350,6 +356,15 @@ class PgVectorStore:
             "SELECT g.id, i.data FROM backfill.gallery g JOIN backfill.image i USING (id) "
             "WHERE g.id = ANY(%s) AND NOT g.backfilled ORDER BY g.id", (np.asarray(ids).tolist(),)).fetchall()
         return [(int(i), bytes(d)) for i, d in rows]
+
+    def service_busy(self, *, within: float = 1.0) -> bool:
+        """Whether a search service (connections named :data:`SERVICE_APPLICATION`) of this database is
+        answering a request or answered one in the last ``within`` seconds. Reads the server's live activity
+        table, not its statistics, which reach other sessions up to seconds late."""
+        return bool(self.conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() AND "
+            "application_name = %s AND (state <> 'idle' OR state_change > clock_timestamp() - %s * interval '1 s'))",
+            (SERVICE_APPLICATION, float(within))).fetchone()[0])
 
     def images(self, ids: Sequence[int]) -> dict[int, bytes]:
         """The encoded images of ``ids`` (those that exist), by id."""
