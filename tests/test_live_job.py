@@ -143,16 +143,17 @@ def test_actor_pipelines_a_block_and_commits_batch_by_batch(tmp_path):
         stop_embedded(path)
 
 
-def test_actor_yields_to_a_busy_search_service(tmp_path):
-    """While the search service's connections answer requests, an actor runs each batch's read, embedding and
-    write in turn (the next read starts after the last commit); with the service idle or the option off, it
-    reads ahead while writing. Every item is written once either way."""
+def test_actor_yields_to_searches(tmp_path):
+    """While searches of the store run (another process's, seen through the server), an actor does each batch's
+    read, embedding and write in turn (the next read starts after the last commit); with no search for a second
+    (status reads do not count) or with the option off, it reads ahead while writing. Every item is written
+    once either way."""
     import threading
     import time
 
     from backfill.live.gallery import model_tag
     from backfill.live.job import EmbedAndWrite
-    from backfill.live.store import SERVICE_APPLICATION, open_store
+    from backfill.live.store import open_store
     from backfill.suite import ModelSuite
 
     path = tmp_path / "store"
@@ -182,26 +183,30 @@ def test_actor_yields_to_a_busy_search_service(tmp_path):
 
     stop = threading.Event()
 
-    def requests():
+    def searches():
+        rng = np.random.default_rng(0)
         while not stop.is_set():
-            service.status()
+            q = rng.normal(size=(2, 128)).astype(np.float32)
+            service.search(method="full", k=5, q_new=q[0], q_old=q[1])
             time.sleep(0.1)
 
     try:
         ids = store.pending_ids(order="random")
-        service.open_pool(size=1, application_name=SERVICE_APPLICATION)
-        client = threading.Thread(target=requests)
+        service.open_pool(size=2)  # as the service does
+        assert not store.searches_running()
+        client = threading.Thread(target=searches)
         client.start()
         try:
             time.sleep(0.3)
-            assert store.service_busy()
+            assert store.searches_running()
             assert in_turn(True, ids[:20])
             assert not in_turn(False, ids[20:40])
         finally:
             stop.set()
             client.join()
         time.sleep(1.5)
-        assert not store.service_busy()
+        service.status()
+        assert not store.searches_running()
         assert not in_turn(True, ids[40:])
         rows = fresh_rows(store.uri)
         assert rows["backfilled"].all() and (rows["writes"] == 1).all()

@@ -39,8 +39,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batches-per-task", type=int, default=8, metavar="N",
                    help="batches an actor pipelines per Ray task (reads and writes overlap the model; 1: none)")
     p.add_argument("--yield-to-searches", action=argparse.BooleanOptionalAction, default=True,
-                   help="while `backfill serve` answers requests on this store, do each batch's read, embedding "
-                        "and write in turn, leaving cores to the searches (default: yes)")
+                   help="while searches of this store run (`backfill serve`, the app), do each batch's read, "
+                        "embedding and write in turn, leaving cores to the searches (default: yes)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="model actors (one GPU each if present)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads per actor")
     p.add_argument("--ray-address", default=None, metavar="ADDR",

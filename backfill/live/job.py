@@ -45,8 +45,8 @@ class EmbedAndWrite:
     raises :class:`backfill.images.ImageLoadError` naming the item, after the store calls in flight have
     finished.
 
-    ``yield_to_searches``: with each read, ask the store whether the search service is busy (a request now or
-    in the last second); while it is, run the next batch's read, embedding and write one after another. A
+    ``yield_to_searches``: with each read, ask the store whether searches are running (one now or in the last
+    second, from any client); while they are, run the next batch's read, embedding and write one after another. A
     pipelined actor keeps the model and the store's write (HNSW insertions, the store's costliest work) busy
     at once, which on a small machine leaves the searches no core: their p99 rose from about 30 to 50-100 ms
     (benchmarks/README.md).
@@ -70,7 +70,7 @@ class EmbedAndWrite:
 
     def _read(self, ids: np.ndarray) -> tuple[list[tuple[int, bytes]], bool]:
         """The pending items' images, and whether to yield to the search service for this batch."""
-        return self.reader.pending_images(ids), self.yield_to_searches and self.reader.service_busy()
+        return self.reader.pending_images(ids), self.yield_to_searches and self.reader.searches_running()
 
     def _embed(self, rows: list[tuple[int, bytes]]) -> np.ndarray:
         from backfill.images import ImageLoadError, load_image
@@ -171,8 +171,8 @@ def run_job(store: str, suite_dir: str, *, order: str = "random", batch_size: in
     batches_per_task : batches per Ray task, pipelined by the actor. A task's first read and last write are the
         only store calls not overlapped with the model, so longer tasks hide more of the store; shorter ones
         report progress more often; 1 runs read, embed and write one after another.
-    yield_to_searches : while the search service answers requests, run each batch's store calls and
-        embedding one after another instead of pipelined (see :class:`EmbedAndWrite`); ``False``: always
+    yield_to_searches : while searches of the store run, do each batch's read, embedding and write one after
+        another instead of pipelined (see :class:`EmbedAndWrite`); ``False``: always
         pipelined.
     """
     from tqdm.auto import tqdm

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile  # module level: FastAPI resolves annotations
 
-from backfill.live.store import METHODS, SERVICE_APPLICATION, StoreError, open_store
+from backfill.live.store import METHODS, StoreError, open_store
 
 __all__ = ["create_app", "query_vectors", "MAX_UPLOAD_BYTES"]
 
@@ -72,7 +72,7 @@ def create_app(store: str | os.PathLike, suite_dir: str | os.PathLike, *, ann: b
     gallery = open_store(store)
     gallery.ann = ann
     check_suite(gallery, suite)
-    gallery.open_pool(size=pool_size, application_name=SERVICE_APPLICATION)  # a job yields to it
+    gallery.open_pool(size=pool_size)
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 __all__ = ["schema_ddl", "WRITE_NEW", "UPGRADE_2_TO_3", "search_sql", "search_settings", "exact_side_workers",
-           "SEARCH_SPACES"]
+           "SEARCH_SPACES", "SEARCH_TAG"]
 
 SCHEMA = "backfill"
 
@@ -83,6 +83,10 @@ UPGRADE_2_TO_3 = [
     """INSERT INTO backfill.meta VALUES ('schema', '3') ON CONFLICT (key) DO UPDATE SET value = '3'""",
 ]
 
+#: The comment every search statement starts with: ``pg_stat_activity`` shows a connection's current or last
+#: statement, so a job finds the searches running (or just run) on the server by it.
+SEARCH_TAG = "/* backfill search */"
+
 #: Per method: the sides merged, as (table and filter, vector column, query parameter, space).
 SEARCH_SPACES = {
     "full": [("backfill.vec_new", "new", "qn", "new"), ("backfill.vec_old WHERE NOT backfilled", "old", "qo", "old")],
@@ -106,7 +110,7 @@ def search_sql(method: str, *, ann: Collection[str] = ()) -> str:
         order = f"{col} <#> %({param})b" if space in ann else "score DESC, id"
         parts.append(f"(SELECT id, label, -({col} <#> %({param})b) AS score, '{space}' AS space FROM {source} "
                      f"ORDER BY {order} LIMIT %(k)s)")
-    return (f"SELECT p.backfilled, p.total, r.id, r.label, r.score, r.space FROM backfill.progress p "
+    return (f"{SEARCH_TAG} SELECT p.backfilled, p.total, r.id, r.label, r.score, r.space FROM backfill.progress p "
             f"LEFT JOIN LATERAL ({' UNION ALL '.join(parts)}) r ON true ORDER BY r.score DESC, r.id LIMIT %(k)s")
 
 
@@ -117,7 +121,7 @@ def exact_side_workers(sizes: Mapping[str, int], ann: Collection[str], *, worker
 
 
 def search_settings(*, ann: bool, k: int, ef_search: int, workers: int) -> dict[str, str]:
-    """The settings of one search transaction.
+    """The settings of one search (set on its connection right before it).
 
     Exact sides: ``workers`` parallel workers per side; lower parallel costs than PostgreSQL's defaults, which
     would keep a side of a few 10,000 rows serial. ANN sides (``ann``): HNSW iterative scans (a side whose index

@@ -30,6 +30,7 @@ import numpy as np
 
 from backfill.live.sql import (
     SEARCH_SPACES,
+    SEARCH_TAG,
     UPGRADE_2_TO_3,
     WRITE_NEW,
     exact_side_workers,
@@ -39,7 +40,7 @@ from backfill.live.sql import (
 )
 
 __all__ = ["StoreError", "WriterBusyError", "Hit", "SearchResult", "GalleryStore", "PgVectorStore",
-           "open_store", "is_uri", "METHODS", "ORDERS", "HNSW_SIDES", "SERVICE_APPLICATION"]
+           "open_store", "is_uri", "METHODS", "ORDERS", "HNSW_SIDES"]
 
 #: Search methods of the service: which query vector scores which part of the gallery.
 METHODS = ("full", "rank_merge", "old", "new_partial")
@@ -47,8 +48,6 @@ METHODS = ("full", "rank_merge", "old", "new_partial")
 ORDERS = ("random", "old_entropy")
 #: Sides a search merges that can have an HNSW index: the pending old vectors and the new vectors.
 HNSW_SIDES = ("old", "new")
-#: ``application_name`` of the search service's connections: the job finds the service's recent requests by it.
-SERVICE_APPLICATION = "backfill serve"
 #: Session advisory-lock key held by the one writer (the job's driver): b"backfill" as an int64.
 WRITER_LOCK_KEY = int.from_bytes(b"backfill", "big") & 0x7FFF_FFFF_FFFF_FFFF
 #: Layout version in ``meta``: galleries of layout 2 are upgraded in place when first read (3 keeps the models
@@ -101,7 +100,7 @@ class GalleryStore(Protocol):
 
     def write_new(self, ids: np.ndarray, vectors: np.ndarray, *, model: str) -> int: ...
 
-    def service_busy(self, *, within: float = 1.0) -> bool: ...
+    def searches_running(self, *, within: float = 1.0) -> bool: ...
 
     def search(self, *, method: str, k: int, q_new: np.ndarray | None,
                q_old: np.ndarray | None) -> SearchResult: ...
@@ -195,9 +194,8 @@ class PgVectorStore:
             self.pool.close()
             self.pool = None
 
-    def open_pool(self, *, size: int = 4, application_name: str | None = None) -> None:
-        """Serve reads from a connection pool (thread-safe: the service's request threads share it), its
-        connections named ``application_name`` in ``pg_stat_activity``."""
+    def open_pool(self, *, size: int = 4) -> None:
+        """Serve reads from a connection pool (thread-safe: the service's request threads share it)."""
         from psycopg_pool import ConnectionPool
 
         def configure(conn: Any) -> None:
@@ -206,8 +204,7 @@ class PgVectorStore:
             register_vector(conn)
 
         self.pool = ConnectionPool(self.uri, min_size=1, max_size=size, open=True, configure=configure,
-                                   kwargs={"autocommit": True, "application_name": application_name or ""},
-                                   timeout=10)
+                                   kwargs={"autocommit": True}, timeout=10)
 
     @contextmanager
     def _reader(self) -> Iterator[Any]:
@@ -357,14 +354,15 @@ class PgVectorStore:
             "WHERE g.id = ANY(%s) AND NOT g.backfilled ORDER BY g.id", (np.asarray(ids).tolist(),)).fetchall()
         return [(int(i), bytes(d)) for i, d in rows]
 
-    def service_busy(self, *, within: float = 1.0) -> bool:
-        """Whether a search service (connections named :data:`SERVICE_APPLICATION`) of this database is
-        answering a request or answered one in the last ``within`` seconds. Reads the server's live activity
-        table, not its statistics, which reach other sessions up to seconds late."""
+    def searches_running(self, *, within: float = 1.0) -> bool:
+        """Whether a search of this gallery (:meth:`search`, from any process) runs now or ended less than
+        ``within`` seconds ago: a connection whose current or last statement is one (``SEARCH_TAG``). Reads the
+        server's live activity table, not its statistics, which reach other sessions up to seconds late; the
+        searches' sessions must be visible to this role (the same role, or ``pg_read_all_stats``)."""
         return bool(self.conn.execute(
             "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() AND "
-            "application_name = %s AND (state <> 'idle' OR state_change > clock_timestamp() - %s * interval '1 s'))",
-            (SERVICE_APPLICATION, float(within))).fetchone()[0])
+            "starts_with(query, %s) AND (state <> 'idle' OR state_change > clock_timestamp() - %s * interval '1 s'))",
+            (SEARCH_TAG, float(within))).fetchone()[0])
 
     def images(self, ids: Sequence[int]) -> dict[int, bytes]:
         """The encoded images of ``ids`` (those that exist), by id."""
@@ -424,10 +422,12 @@ class PgVectorStore:
         params = {"k": k, "qn": None if q_new is None else np.asarray(q_new, np.float32),
                   "qo": None if q_old is None else np.asarray(q_old, np.float32)}
         settings = search_settings(ann=self.ann, k=k, ef_search=self.ef_search, workers=self.parallel_workers)
-        with self._reader() as conn, conn.transaction():
-            # One round trip sets this transaction's settings (set_config(..., true) = SET LOCAL) and, for ANN,
-            # reads the sizes of the two sides (they only pick the plan; the search has its own snapshot).
-            total, done = conn.execute("SELECT " + ", ".join("set_config(%s, %s, true)" for _ in settings) +
+        with self._reader() as conn:
+            # One round trip sets the search's settings on its connection and, for ANN, reads the sizes of the
+            # two sides (they only pick the plan; the search has its own snapshot). Session settings, not a
+            # transaction's: the search is then the connection's last statement, the one pg_stat_activity
+            # shows and searches_running() looks for (a transaction's last is its COMMIT).
+            total, done = conn.execute("SELECT " + ", ".join("set_config(%s, %s, false)" for _ in settings) +
                                        ", p.total, p.backfilled FROM backfill.progress p",
                                        [x for kv in settings.items() for x in (kv[0], str(kv[1]))]).fetchone()[-2:]
             # Live rows of each side this method searches.
@@ -436,7 +436,7 @@ class PgVectorStore:
             ann = [space for space, rows in sizes.items() if self.ann and rows >= self.ann_min_rows]
             workers = exact_side_workers(sizes, ann, workers=self.parallel_workers, min_rows=self.parallel_min_rows)
             if workers != self.parallel_workers:
-                conn.execute("SELECT set_config('max_parallel_workers_per_gather', %s, true)", [str(workers)])
+                conn.execute("SELECT set_config('max_parallel_workers_per_gather', %s, false)", [str(workers)])
             rows = conn.execute(search_sql(method, ann=ann), params).fetchall()
         if not rows:
             raise StoreError("the store holds no gallery progress row")
