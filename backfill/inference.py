@@ -53,16 +53,19 @@ def embed_images(model: nn.Module, images: np.ndarray | torch.Tensor, dataset: s
 
 def embed_dataset(model: nn.Module, images: np.ndarray, dataset: str, *, batch_size: int = 512,
                   device: str | torch.device = "cpu", logits: bool = False, progress: bool = False,
-                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                  flip: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """:func:`embed_images` of a whole dataset split; a head on a frozen pretrained backbone
-    (``models.PretrainedNet``) runs on the backbone's cached features of ``images`` instead of the images."""
+    (``models.PretrainedNet``) runs on the backbone's cached features of ``images`` instead of the images.
+    ``flip``: of the horizontally mirrored images (the backbone's cached flip-view features)."""
     if getattr(model, "spec", {}).get("arch") != "pretrained":
+        if flip:
+            images = np.ascontiguousarray(images[:, :, ::-1])  # (N, H, W[, C]): W is axis 2
         return embed_images(model, images, dataset, batch_size, device, logits)
     from backfill.backbones import dataset_features
 
     backbone, feat_dataset, resolution = model.backbone_key
     feats = torch.from_numpy(dataset_features(backbone, images, dataset=feat_dataset, resolution=resolution,
-                                              progress=progress))
+                                              flip=flip, progress=progress))
     was_training = model.training
     model.eval()
     embs, outs = [], []

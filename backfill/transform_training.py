@@ -51,15 +51,18 @@ DEFAULT_HARD_NEGATIVES: int | None = None
 DEFAULT_REGRESSION_WEIGHT = 1.0
 
 LOSSES = ("regression", "mc")
+#: The train images' views psi and rho can learn from (TransformConfig.view).
+VIEWS = ("clean", "flip")
 
 
 def cache_features(
     old_model: nn.Module, new_model: nn.Module, data: ImageDataset, views: int = 1, batch_size: int = 256,
-    device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
+    device: str | torch.device = "cpu", seed: int = 0, progress: bool = True, flip: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Old and new embeddings of every image of ``data`` (computed once, backbones frozen).
 
-    View 0 is the clean image; views 1.. are augmented copies, each fed identically to both models.
+    View 0 is the clean image (``flip``: mirrored); views 1.. are augmented copies, each fed identically to both
+    models.
 
     Returns
     -------
@@ -69,10 +72,12 @@ def cache_features(
     if views < 1:
         raise ValueError(f"views must be >= 1, got {views}")
     clean = to_tensor_uint8(data.images)
+    if flip:
+        clean = clean.flip(-1)
     olds = [embed_dataset(old_model, data.images, data.name, batch_size=batch_size, device=device,
-                          progress=progress).numpy()]
+                          progress=progress, flip=flip).numpy()]
     news = [embed_dataset(new_model, data.images, data.name, batch_size=batch_size, device=device,
-                          progress=progress).numpy()]
+                          progress=progress, flip=flip).numpy()]
     if views > 1 and "pretrained" in (getattr(old_model, "spec", {}).get("arch"),
                                       getattr(new_model, "spec", {}).get("arch")):
         raise ValueError("views > 1 (augmented copies) is for end-to-end backbones; heads on pretrained "
@@ -154,6 +159,9 @@ class TransformConfig:
     epochs, batch_size, samples_per_class, lr, weight_decay : AdamW with a cosine learning-rate schedule.
     hidden : psi's hidden width (``None``: ReverseTransform's default).
     views : cached views per train image, 1 clean + ``views - 1`` augmented (end-to-end backbones only).
+    view : the train images as psi (and rho) see them: ``"clean"``, or ``"flip"``, mirrored. The models
+        embed the images they trained on more tightly than unseen ones; mirrored, those images are seen
+        anew, and psi learns from embeddings that spread like a query's (``benchmarks/README.md``).
     seed : seeds the initialisation and the batch order (runs are deterministic on CPU).
     device : ``"auto"``, ``"cpu"`` or ``"cuda"``.
     """
@@ -172,6 +180,7 @@ class TransformConfig:
     weight_decay: float = 1e-4
     hidden: int | None = None
     views: int = 1
+    view: str = "clean"
     seed: int = 0
     device: str = "auto"
 
@@ -195,6 +204,8 @@ class TransformConfig:
             raise ValueError(f"samples_per_class must be in [2, batch_size], got {self.samples_per_class}")
         if self.views < 1:
             raise ValueError(f"views must be >= 1, got {self.views}")
+        if self.view not in VIEWS:
+            raise ValueError(f"unknown view {self.view!r}; expected one of {VIEWS}")
         return self
 
     def card(self) -> dict[str, Any]:
@@ -325,19 +336,19 @@ def default_rho_path(psi_path: str | os.PathLike) -> Path:
 def cached_features(
     old_model: nn.Module, old_card: dict[str, Any], new_model: nn.Module, new_card: dict[str, Any],
     data: ImageDataset, views: int = 1, seed: int = 0, device: str | torch.device = "cpu",
-    cache: str | os.PathLike | None = None, progress: bool = True,
+    cache: str | os.PathLike | None = None, progress: bool = True, flip: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`cache_features`, reusing ``cache`` (an ``.npz``) when it was made from the same weights
-    (SHA-256), dataset split, number of images, views and seed; otherwise computing and writing it."""
+    (SHA-256), dataset split, number of images, views, view and seed; otherwise computing and writing it."""
     key = json.dumps({"old": old_card.get("weights_sha256"), "new": new_card.get("weights_sha256"),
                       "dataset": data.name, "split": data.split, "n": len(data), "views": views,
-                      "seed": seed}, sort_keys=True)
+                      "seed": seed, **({"view": "flip"} if flip else {})}, sort_keys=True)
     if cache is not None and Path(cache).is_file():
         with np.load(cache) as z:
             if str(z["key"]) == key:
                 return z["old"], z["new"], z["labels"]
     old, new, labels = cache_features(old_model, new_model, data, views, device=device, seed=seed,
-                                      progress=progress)
+                                      progress=progress, flip=flip)
     if cache is not None:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, old=old, new=new, labels=labels, key=np.array(key))
@@ -374,7 +385,8 @@ def train_transform(
         configure_threads(threads)
     train = load_dataset(dataset, "train", data, download)
     old_feats, new_feats, labels = cached_features(
-        old_model, old_card, new_model, new_card, train, cfg.views, cfg.seed, dev, feature_cache, progress)
+        old_model, old_card, new_model, new_card, train, cfg.views, cfg.seed, dev, feature_cache, progress,
+        flip=cfg.view == "flip")
     psi, head, history = fit_transform(old_feats, new_feats, labels, replace(cfg, device=str(dev)),
                                        progress=progress)
     common = {

@@ -132,6 +132,11 @@ def test_heads_train_on_cached_features_and_form_a_suite(tiny_cifar, feature_cac
     cards = train_transform(suite / "old.pt", suite / "new.pt", suite / "psi_mc.pt",
                             TransformConfig(loss="mc", epochs=1), data=str(tiny_cifar), progress=False)
     assert cards["psi"]["training"]["train_features"] == 400
+    # psi on the mirrored train images: the flip-view features the new head cached are reused, not recomputed.
+    flipped = train_transform(suite / "old.pt", suite / "new.pt", tmp_path / "psi_flip.pt",
+                              TransformConfig(loss="mc", epochs=1, view="flip"), data=str(tiny_cifar),
+                              progress=False)
+    assert flipped["psi"]["training"]["view"] == "flip" and len(list(feature_cache.glob("*.npy"))) == 3
     loaded = ModelSuite.load(suite)
     test = np.load(tiny_cifar / "test.npz")
     from_cache = loaded.embed_arrays(test["images"], whole_split=True)

@@ -140,6 +140,27 @@ def test_cache_features_pairs_views():
     assert not np.allclose(old[:6], old[6:])
 
 
+def test_cache_features_of_the_flip_view_embed_the_mirrored_images(tmp_path):
+    rng = np.random.default_rng(0)
+    data = ImageDataset(rng.integers(0, 255, (6, 28, 28, 1), dtype=np.uint8), np.arange(6) % 2,
+                        ["a", "b"], "fashion_mnist", "train")
+    torch.manual_seed(0)
+    model = SmallCNN(width=4, embedding_dim=8, num_classes=2)
+    old, _, labels = cache_features(model, model, data, batch_size=4, progress=False, flip=True)
+    mirrored = np.ascontiguousarray(data.images[:, :, ::-1])
+    np.testing.assert_allclose(old, embed_images(model, mirrored, "fashion_mnist").numpy(), atol=1e-6)
+    assert not np.allclose(old, embed_images(model, data.images, "fashion_mnist").numpy(), atol=1e-3)
+    assert labels.tolist() == data.labels.tolist()
+    # The cache tells the views apart.
+    cache, card = tmp_path / "feats.npz", {"weights_sha256": "aa"}
+    clean, _, _ = cached_features(model, card, model, card, data, cache=cache, progress=False)
+    flipped, _, _ = cached_features(model, card, model, card, data, cache=cache, progress=False, flip=True)
+    np.testing.assert_allclose(flipped, old, atol=1e-6)
+    assert not np.allclose(clean, flipped, atol=1e-3)
+    with pytest.raises(ValueError, match="unknown view 'mirror'"):
+        TransformConfig(view="mirror").validated()
+
+
 def test_cached_features_reuses_only_a_matching_cache(tmp_path):
     rng = np.random.default_rng(0)
     data = ImageDataset(rng.integers(0, 255, (5, 28, 28, 1), dtype=np.uint8), np.arange(5) % 2,

@@ -150,6 +150,9 @@ def _add_train_transform(sub: argparse._SubParsersAction) -> None:
                    help="weight of the regression term added to L_MC (default 1)")
     p.add_argument("--views", type=int, default=1,
                    help="cached views per train image: 1 clean + (views-1) augmented (default 1)")
+    p.add_argument("--view", choices=["clean", "flip"], default="clean",
+                   help="the train images as psi/rho see them: clean, or flip (mirrored: embedded as loosely as "
+                        "unseen images, not as tightly as the images the models trained on); default clean")
     p.add_argument("--feature-cache", metavar="FEATS.npz", default=None,
                    help="reuse/write the cached features here (checked against the weights' SHA-256)")
     p.add_argument("--epochs", type=int, default=None, help="default 15")
@@ -177,7 +180,7 @@ def _run_train_transform(args: argparse.Namespace) -> int:
                "rho_anchor": args.rho_anchor,
                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "hidden": args.hidden}
     config = TransformConfig(loss=args.loss, denominator=args.denominator, rho=args.rho, views=args.views,
-                             seed=args.seed, device=args.device,
+                             view=args.view, seed=args.seed, device=args.device,
                              **{key: value for key, value in options.items() if value is not None})
     if args.hard_negatives is not None:
         config = replace(config, hard_negatives=args.hard_negatives or None)  # 0 = all negatives
