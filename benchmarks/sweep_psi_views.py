@@ -1,0 +1,86 @@
+"""What psi and rho should learn from: the heads' own train images (clean or mirrored) or images they never saw.
+
+The heads embed the images they trained on more tightly than unseen ones, so psi and rho, trained on those
+embeddings, meet looser ones at query time. This script trains old (Lite0, classes 0-49) and new (Lite0, all
+classes) heads on cached features of 300 train images per class ("own"), keeps another 100 per class away
+from the heads ("held-out"), and scores, on a third 100 per class of the train split (queries = gallery,
+leave-one-out, 21 points, random order), the full method (``rt_merge``) with psi (and rho) trained on: the
+heads' own images (clean view), the held-out images, and the heads' own images mirrored (``flip``: the
+backbone's cached flip-view features). The test split plays no part.
+
+    python benchmarks/sweep_psi_views.py --data ../shared/data/cifar100 [--arms own,held_out,own_flip,own+rho]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from backfill.backbones import dataset_features
+from backfill.datasets import load_dataset, per_class_indices
+from backfill.ordering import random_order
+from backfill.transform_training import TransformConfig, fit_transform
+
+
+def _sibling(name: str):
+    """Another script of this folder as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sweep_merge = _sibling("sweep_merge")
+sweep_heads, sweep_mc = sweep_merge.sweep_heads, sweep_merge.sweep_mc
+
+#: The shipped recipe's heads (HeadConfig defaults) and psi options (pretrained/train.sh).
+HEADS = dict(epochs=30, lr=2e-3, weight_decay=1e-4, hidden=512, label_smoothing=0.1, logit_scale=8.0)
+PSI = dict(loss="mc", temperature=0.05, regression_weight=0.0, epochs=40, hidden=1024)
+ARMS = "own,held_out,own_flip,own+rho,held_out+rho,own_flip+rho"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--arms", default=ARMS, help=f"comma-separated psi training sets, +rho to train rho too "
+                                                 f"(default {ARMS})")
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    ds = load_dataset("cifar100", "train", args.data)
+    clean = dataset_features("efficientnet_lite0", ds.images)
+    flip = dataset_features("efficientnet_lite0", ds.images, flip=True)
+    y = ds.labels
+    val = per_class_indices(y, 100, seed=1)  # scored: the same 100 per class as sweep_merge.py
+    fit = np.setdiff1d(np.arange(len(y)), val)
+    held_out = fit[per_class_indices(y[fit], 100, seed=2)]
+    own = np.setdiff1d(fit, held_out)
+    heads = {}
+    for kind, rows, classes in (("old", own[y[own] < 50], 50), ("new", own, 100)):
+        heads[kind] = sweep_heads.train(torch.from_numpy(clean[rows][None]), torch.from_numpy(y[rows]).long(),
+                                        classes, backbone="efficientnet_lite0", **HEADS)
+    val_old, val_new = (sweep_merge.embed(heads[k], clean[val]) for k in ("old", "new"))
+    order = random_order(len(val), seed=0)
+
+    def embeddings(feats: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return sweep_merge.embed(heads["old"], feats[rows]), sweep_merge.embed(heads["new"], feats[rows]), y[rows]
+
+    sets = {"own": (clean, own), "held_out": (clean, held_out), "own_flip": (flip, own)}
+    print(f"{'psi trained on':<16} {'rows':>6} {'full gain':>9} {'mAP at 0':>9} {'mAP at 100%':>11} "
+          f"{'old/old':>8} {'new/new':>8} {'seconds':>8}", flush=True)
+    for arm in args.arms.split(","):
+        name, rho = arm.removesuffix("+rho"), arm.endswith("+rho")
+        old, new, labels = embeddings(*sets[name])
+        t = time.perf_counter()
+        psi, head, _ = fit_transform(old, new, labels, TransformConfig(**PSI, rho=rho), progress=False)
+        r = sweep_mc.score(psi, head, val_old, val_new, y[val], order)
+        print(f"{arm:<16} {len(labels):6d} {r['relative_gain']:9.3f} {r['map_at_0']:9.4f} {r['map_at_100']:11.4f} "
+              f"{r['old_map']:8.4f} {r['new_map']:8.4f} {time.perf_counter() - t:8.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
