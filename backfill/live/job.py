@@ -46,10 +46,10 @@ class EmbedAndWrite:
     finished.
 
     ``yield_to_searches``: with each read, ask the store whether searches are running (one now or in the last
-    second, from any client); while they are, run the next batch's read, embedding and write one after another. A
-    pipelined actor keeps the model and the store's write (HNSW insertions, the store's costliest work) busy
-    at once, which on a small machine leaves the searches no core: their p99 rose from about 30 to 50-100 ms
-    (benchmarks/README.md).
+    second, from any client); while they are, run the next batch's read, embedding and write one after
+    another. A pipelined actor keeps the model and the store's writes (HNSW insertions, the store's costliest
+    work) busy at once, which on a small machine leaves the searches no core: on 2 cores at 70,000 items,
+    search p99 during the job was 28-32 ms with the actor yielding, 46-99 ms without (benchmarks/README.md).
     """
 
     def __init__(self, uri: str, suite_dir: str, model: str, threads: int | None = None,
@@ -69,7 +69,7 @@ class EmbedAndWrite:
         self.yield_to_searches = bool(yield_to_searches)
 
     def _read(self, ids: np.ndarray) -> tuple[list[tuple[int, bytes]], bool]:
-        """The pending items' images, and whether to yield to the search service for this batch."""
+        """The pending items' images, and whether to yield to searches for this batch."""
         return self.reader.pending_images(ids), self.yield_to_searches and self.reader.searches_running()
 
     def _embed(self, rows: list[tuple[int, bytes]]) -> np.ndarray:
@@ -172,8 +172,7 @@ def run_job(store: str, suite_dir: str, *, order: str = "random", batch_size: in
         only store calls not overlapped with the model, so longer tasks hide more of the store; shorter ones
         report progress more often; 1 runs read, embed and write one after another.
     yield_to_searches : while searches of the store run, do each batch's read, embedding and write one after
-        another instead of pipelined (see :class:`EmbedAndWrite`); ``False``: always
-        pipelined.
+        another instead of pipelined (see :class:`EmbedAndWrite`); ``False``: always pipelined.
     """
     from tqdm.auto import tqdm
 
