@@ -57,8 +57,9 @@ case "$dataset" in
       train bct "$h/bct.pt" --old "$h/old.pt" "${lite2[@]}"
     }
     # psi / rho: 40 epochs instead of 15, psi's hidden width 1024 instead of 256, pure L_MC (no regression term)
-    # at temperature 0.05: held-out sweeps (sweep_mc.py, then sweep_merge.py --psi-grid), benchmarks/README.md
-    transform_options=(--epochs 40 --hidden 1024 --regression-weight 0 --temperature 0.05)
+    # at temperature 0.05, on the mirrored train images (the heads embed the clean ones they trained on too
+    # tightly): held-out sweeps (sweep_mc.py, sweep_merge.py --psi-grid, --view), benchmarks/README.md
+    transform_options=(--epochs 40 --hidden 1024 --regression-weight 0 --temperature 0.05 --view flip)
     # The two settings' transforms run side by side (each on one thread: 2 cores, about 18 min instead of 27).
     heads() { transforms "$d" ablation & local hom=$!; transforms "$h"; wait "$hom"; }
     ablation() { transforms "$d" ablation; }
