@@ -60,7 +60,8 @@ case "$dataset" in
     # at temperature 0.05, on the mirrored train images (the heads embed the clean ones they trained on too
     # tightly): held-out sweeps (sweep_mc.py, sweep_merge.py --psi-grid, --view), benchmarks/README.md
     transform_options=(--epochs 40 --hidden 1024 --regression-weight 0 --temperature 0.05 --view flip)
-    # The two settings' transforms run side by side (each on one thread: 2 cores, about 18 min instead of 27).
+    # The two settings' transforms run side by side, each on one thread: 28 min here with Lite0's mirrored
+    # features already cached (Lite2's computed on the way); about 40 min from scratch (18 on the clean view).
     heads() { transforms "$d" ablation & local hom=$!; transforms "$h"; wait "$hom"; }
     ablation() { transforms "$d" ablation; }
     ;;
