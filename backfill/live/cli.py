@@ -41,8 +41,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--yield-to-searches", action=argparse.BooleanOptionalAction, default=True,
                    help="while searches of this store run (`backfill serve`, the app), do each batch's read, "
                         "embedding and write in turn, leaving cores to the searches (default: yes)")
-    p.add_argument("--yield-pause", type=float, default=0.0, metavar="X",
-                   help="while yielding, also rest X times each batch's time after it (default 0)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="model actors (one GPU each if present)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads per actor")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
@@ -111,7 +109,6 @@ def _run_backfill(args: argparse.Namespace) -> int:
     r = run_job(args.store, args.suite, order=args.order, batch_size=args.batch_size, workers=args.workers,
                 ray_address=args.ray_address, limit=args.limit, threads=args.threads,
                 batches_per_task=args.batches_per_task, yield_to_searches=args.yield_to_searches,
-                yield_pause=args.yield_pause,
                 progress=not args.no_progress)
     print(f"{args.store}: wrote {r.written} of {r.scheduled} scheduled items; "
           f"{r.backfilled}/{r.total} backfilled ({100 * r.backfilled / max(r.total, 1):.1f}%)")

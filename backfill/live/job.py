@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -51,12 +50,11 @@ class EmbedAndWrite:
     another. A pipelined actor keeps the model and the store's writes (HNSW insertions, the store's costliest
     work) busy at once, which on a small machine leaves the searches no core: on 2 cores at 70,000 items,
     search p99 during the job was 28, 32 and 71 ms with the actor yielding, 46-99 ms without
-    (benchmarks/README.md). ``yield_pause``: while yielding, also rest ``yield_pause`` times each batch's own
-    time after it (1: the actor busy at most half the time).
+    (benchmarks/README.md).
     """
 
     def __init__(self, uri: str, suite_dir: str, model: str, threads: int | None = None,
-                 batch_size: int = 256, yield_to_searches: bool = True, yield_pause: float = 0.0) -> None:
+                 batch_size: int = 256, yield_to_searches: bool = True) -> None:
         import torch
 
         from backfill.live.store import PgVectorStore
@@ -70,7 +68,6 @@ class EmbedAndWrite:
         self.model = model
         self.batch_size = int(batch_size)
         self.yield_to_searches = bool(yield_to_searches)
-        self.yield_pause = float(yield_pause)
 
     def _read(self, ids: np.ndarray) -> tuple[list[tuple[int, bytes]], bool]:
         """The pending items' images, and whether to yield to searches for this batch."""
@@ -97,7 +94,6 @@ class EmbedAndWrite:
         written = 0
         try:
             for j in range(len(batches)):
-                started = time.perf_counter()
                 rows, yielding = reading.result()
                 after = batches[j + 1] if j + 1 < len(batches) else None
                 reading = self.io.submit(self._read, after) if after is not None and not yielding else None
@@ -112,8 +108,6 @@ class EmbedAndWrite:
                     if writing is not None:
                         written += writing.result()
                         writing = None
-                    if self.yield_pause and after is not None:
-                        time.sleep(self.yield_pause * (time.perf_counter() - started))
                     reading = self.io.submit(self._read, after) if after is not None else None
             if writing is not None:
                 written += writing.result()
@@ -164,8 +158,7 @@ def _init_ray(address: str | None, workers: int) -> None:
 
 def run_job(store: str, suite_dir: str, *, order: str = "random", batch_size: int = 256, workers: int = 1,
             ray_address: str | None = None, limit: int | None = None, threads: int | None = None,
-            batches_per_task: int = 8, yield_to_searches: bool = True, yield_pause: float = 0.0,
-            progress: bool = True) -> JobResult:
+            batches_per_task: int = 8, yield_to_searches: bool = True, progress: bool = True) -> JobResult:
     """Run (or resume) the backfill of ``store`` with the suite in ``suite_dir``.
 
     Parameters
@@ -181,7 +174,6 @@ def run_job(store: str, suite_dir: str, *, order: str = "random", batch_size: in
         report progress more often; 1 runs read, embed and write one after another.
     yield_to_searches : while searches of the store run, do each batch's read, embedding and write one after
         another instead of pipelined (see :class:`EmbedAndWrite`); ``False``: always pipelined.
-    yield_pause : while yielding, rest this many times each batch's time after it (0: no rest).
     """
     from tqdm.auto import tqdm
 
@@ -194,8 +186,6 @@ def run_job(store: str, suite_dir: str, *, order: str = "random", batch_size: in
                         ("--batches-per-task", batches_per_task)):
         if value < 1:
             raise ValueError(f"{name} must be positive, got {value}")
-    if yield_pause < 0:
-        raise ValueError(f"--yield-pause must be >= 0, got {yield_pause}")
     if limit is not None and limit < 0:
         raise ValueError(f"--limit must be >= 0, got {limit}")
     gallery = open_store(store)
@@ -217,8 +207,7 @@ def run_job(store: str, suite_dir: str, *, order: str = "random", batch_size: in
                           disable=not progress, smoothing=0.1)
             written = _run_ray(gallery.uri, str(suite_dir), tag, pending, batch_size=batch_size,
                                workers=workers, ray_address=ray_address, threads=threads,
-                               batches_per_task=batches_per_task, yield_to_searches=yield_to_searches,
-                               yield_pause=yield_pause, bar=bar)
+                               batches_per_task=batches_per_task, yield_to_searches=yield_to_searches, bar=bar)
         status = gallery.status()
     gallery.close()
     return JobResult(int(pending.size), written, status["backfilled"], status["total"])
@@ -226,7 +215,7 @@ def run_job(store: str, suite_dir: str, *, order: str = "random", batch_size: in
 
 def _run_ray(uri: str, suite_dir: str, tag: str, pending: np.ndarray, *, batch_size: int, workers: int,
              ray_address: str | None, threads: int | None, batches_per_task: int, yield_to_searches: bool,
-             yield_pause: float, bar: Callable[[], Any]) -> int:
+             bar: Callable[[], Any]) -> int:
     import ray
     import ray.data
 
@@ -242,7 +231,7 @@ def _run_ray(uri: str, suite_dir: str, tag: str, pending: np.ndarray, *, batch_s
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     # from_numpy of a list: one block per entry, column "data" (the ids).
     ds = ray.data.from_numpy(blocks).map_batches(
-        EmbedAndWrite, fn_constructor_args=(uri, suite_dir, tag, threads, batch_size, yield_to_searches, yield_pause),
+        EmbedAndWrite, fn_constructor_args=(uri, suite_dir, tag, threads, batch_size, yield_to_searches),
         batch_size=block,
         compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus, num_cpus=0 if gpus else 1,
         batch_format="numpy")
