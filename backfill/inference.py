@@ -59,7 +59,7 @@ def embed_dataset(model: nn.Module, images: np.ndarray, dataset: str, *, batch_s
     ``flip``: of the horizontally mirrored images (the backbone's cached flip-view features)."""
     if getattr(model, "spec", {}).get("arch") != "pretrained":
         if flip:
-            images = np.ascontiguousarray(images[:, :, ::-1])  # (N, H, W[, C]): W is axis 2
+            images = to_tensor_uint8(images).flip(-1)  # (n, C, H, W), as the backbones' flip view
         return embed_images(model, images, dataset, batch_size, device, logits)
     from backfill.backbones import dataset_features
 

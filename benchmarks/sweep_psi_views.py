@@ -14,7 +14,7 @@ backbone's cached flip-view features). The test split plays no part.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import sys
 import time
 from pathlib import Path
 
@@ -26,16 +26,9 @@ from backfill.datasets import load_dataset, per_class_indices
 from backfill.ordering import random_order
 from backfill.transform_training import TransformConfig, fit_transform
 
+sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
+import sweep_merge  # noqa: E402
 
-def _sibling(name: str):
-    """Another script of this folder as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sweep_merge = _sibling("sweep_merge")
 sweep_heads, sweep_mc = sweep_merge.sweep_heads, sweep_merge.sweep_mc
 
 #: The shipped recipe's heads (HeadConfig defaults) and psi options (pretrained/train.sh).
