@@ -16,6 +16,7 @@ from backfill.backbones import (
     FrozenBackbone,
     PretrainedNet,
     dataset_features,
+    fold_batch_norms,
     load_backbone,
     map_wheel_state_dict,
 )
@@ -59,6 +60,23 @@ def test_timm_architecture_gives_the_reference_implementations_logits(name):
         want = reference(x)
         got = ours.net(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_fold_batch_norms_keeps_what_a_conv_and_its_batch_norm_compute():
+    """Against the unfolded module on a toy net: conv -> BN (with an activation after) folds, a conv that
+    no BN follows and a BN that follows no conv stay as they are."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.ReLU6(),
+                              torch.nn.Conv2d(4, 5, 1), torch.nn.ReLU(), torch.nn.BatchNorm2d(5))
+    for bn in (net[1], net[5]):  # statistics and affine parameters far from the identity
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 2), bn.bias.data.uniform_(-1, 1)
+    net.eval()
+    x = torch.randn(2, 3, 8, 8)
+    want = net(x)
+    assert fold_batch_norms(net) == 1
+    assert isinstance(net[1], torch.nn.Sequential) and len(net[1]) == 0 and isinstance(net[5], torch.nn.BatchNorm2d)
+    torch.testing.assert_close(net(x), want, atol=1e-5, rtol=1e-5)
 
 
 def test_key_map_refuses_mismatched_weights():
