@@ -13,22 +13,29 @@ train() {  # train KIND OUT [args...]: skip when OUT exists (delete it to retrai
   mkdir -p "$(dirname "$out")"
   backfill train "$kind" --dataset "$dataset" --out "$out" --resume --no-progress "$@"
 }
-transforms() {  # transforms DIR [ablation]: psi (regression), psi (metric-compatible), psi + rho
-  local dir=$1 cache=cache/features_${dataset}_$(basename "$1").npz
-  local common=(--dataset "$dataset" --old "$dir/old.pt" --new "$dir/new.pt" --feature-cache "$cache" --threads 1 --no-progress
-                "${transform_options[@]}")
-  [ -f "$dir/psi_regression.pt" ] || backfill train transform "${common[@]}" --loss regression --out "$dir/psi_regression.pt"
-  [ -f "$dir/psi_mc.pt" ] || backfill train transform "${common[@]}" --loss mc --out "$dir/psi_mc.pt"
-  [ -f "$dir/psi_mc_rho.pt" ] || backfill train transform "${common[@]}" --loss mc --rho --out "$dir/psi_mc_rho.pt"
-  if [ "${2:-}" = ablation ]; then  # the L_MC ablation: old-space only, new-space only, separate denominators
-    # The new-space-only loss gives psi no gradient, so that denominator trains rho too and psi gets the
-    # regression term (weight 1, whatever the dataset's default).
-    for v in old new separate; do
-      local extra=(); [ "$v" = new ] && extra=(--rho --regression-weight 1)
-      [ -f "$dir/ablation/psi_mc_$v.pt" ] || { mkdir -p "$dir/ablation"; backfill train transform "${common[@]}" \
-        --loss mc --denominator "$v" "${extra[@]}" --out "$dir/ablation/psi_mc_$v.pt"; }
-    done
-  fi
+transform() {  # transform DIR NAME: train DIR/NAME.pt (psi and, with --rho, rho) unless it exists
+  local dir=$1 name=$2 cache=cache/features_${dataset}_$(basename "$1").npz args
+  case "$name" in
+    psi_regression) args=(--loss regression) ;;
+    psi_mc) args=(--loss mc) ;;
+    psi_mc_rho) args=(--loss mc --rho) ;;
+    # The L_MC ablation: old-space only, new-space only, separate denominators. The new-space-only loss
+    # gives psi no gradient, so that denominator trains rho too and psi gets the regression term (weight 1,
+    # whatever the dataset's default).
+    ablation/psi_mc_old | ablation/psi_mc_separate) args=(--loss mc --denominator "${name#ablation/psi_mc_}") ;;
+    ablation/psi_mc_new) args=(--loss mc --denominator new --rho --regression-weight 1) ;;
+    *) echo "unknown transform $name" >&2; return 2 ;;
+  esac
+  if [ -f "$dir/$name.pt" ]; then echo "exists: $dir/$name.pt"; return; fi
+  mkdir -p "$(dirname "$dir/$name.pt")"
+  backfill train transform --dataset "$dataset" --old "$dir/old.pt" --new "$dir/new.pt" --feature-cache "$cache" \
+    --threads "${threads:-1}" --no-progress "${transform_options[@]}" "${args[@]}" --out "$dir/$name.pt"
+}
+transforms() {  # transforms DIR NAME...: one after the other
+  local dir=$1 name; shift
+  for name in "$@"; do
+    transform "$dir" "$name"
+  done
 }
 transform_options=()  # extra options of every `train transform` of the dataset
 case "$dataset" in
@@ -39,7 +46,7 @@ case "$dataset" in
       train new "$d/new.pt" --epochs 3
       train bct "$d/bct.pt" --old "$d/old.pt" --epochs 3
     }
-    heads() { transforms "$d"; }
+    heads() { transforms "$d" psi_regression psi_mc psi_mc_rho; }
     ;;
   cifar100)
     # Heads on frozen ImageNet-pretrained EfficientNet-Lite backbones (features cached once per backbone and
@@ -60,10 +67,17 @@ case "$dataset" in
     # at temperature 0.05, on the mirrored train images (the heads embed the clean ones they trained on too
     # tightly): held-out sweeps (sweep_mc.py, sweep_merge.py --psi-grid, --view), benchmarks/README.md
     transform_options=(--epochs 40 --hidden 1024 --regression-weight 0 --temperature 0.05 --view flip)
-    # The two settings' transforms run side by side, each on one thread: 28 min here with Lite0's mirrored
-    # features already cached (Lite2's computed on the way); about 40 min from scratch (18 on the clean view).
-    heads() { transforms "$d" ablation & local hom=$!; transforms "$h"; wait "$hom"; }
-    ablation() { transforms "$d" ablation; }
+    ablation=(ablation/psi_mc_old ablation/psi_mc_new ablation/psi_mc_separate)
+    heads() {
+      # Each suite's psi_regression first, one after the other on both cores: they compute the mirrored
+      # backbone features once (Lite0's, which both suites' old model reads, then Lite2's); then the other
+      # seven transforms in two lanes of one thread each. From scratch here: backbones 30 min, heads 28 min.
+      threads=2 transform "$d" psi_regression; threads=2 transform "$h" psi_regression
+      transforms "$d" "${ablation[@]}" & local lane=$!
+      transforms "$d" psi_mc psi_mc_rho; transforms "$h" psi_mc psi_mc_rho
+      wait "$lane"
+    }
+    ablation() { transforms "$d" "${ablation[@]}"; }
     ;;
   *) echo "unknown dataset $dataset" >&2; exit 2 ;;
 esac
@@ -72,5 +86,5 @@ case "$stage" in
   heads) heads ;;
   ablation) "$stage" ;;
   all) backbones; heads ;;
-  *) echo "unknown stage $stage (backbones, heads, all)" >&2; exit 2 ;;
+  *) echo "unknown stage $stage (backbones, heads, ablation, all)" >&2; exit 2 ;;
 esac
