@@ -56,17 +56,21 @@ ABLATION_VARIANTS = ("joint", "old", "new", "separate")
 CENTROID_IMAGES_PER_CLASS = 100
 
 
-def _forward_seconds(fn: Callable[[], Any], repeats: int = 30) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs, after three warm-up runs."""
+def _median_seconds(calls: dict[str, Callable[[], Any]], repeats: int = 30) -> dict[str, float]:
+    """Median wall time of each call over ``repeats`` rounds, after three warm-up rounds.
+
+    The calls take turns within every round, so that the machine's drift (other load, clock changes) hits
+    them alike: timed one after the other, the same model once measured 0.79x itself.
+    """
+    times: dict[str, list[float]] = {name: [] for name in calls}
     with torch.inference_mode():
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for round_ in range(3 + repeats):
+            for name, fn in calls.items():
+                start = time.perf_counter()
+                fn()
+                if round_ >= 3:
+                    times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def measure_query_cost(suite: ModelSuite, image: np.ndarray, repeats: int = 30) -> dict[str, float]:
@@ -75,20 +79,20 @@ def measure_query_cost(suite: ModelSuite, image: np.ndarray, repeats: int = 30) 
     Args:
         suite: the models.
         image: one dataset image, uint8 ``(H, W, C)``.
-        repeats: timed runs per model (median taken).
+        repeats: timed rounds (median taken; the models take turns within each round).
 
     Returns ``{method name: cost}`` for the methods whose models the suite has, plus ``"new"`` (= 1).
     """
     x = preprocess(image[None], suite.dataset).to(suite.device)
-    new_emb = suite.new.embed(x)
-    seconds = {"old": _forward_seconds(lambda: suite.old.embed(x), repeats),
-               "new": _forward_seconds(lambda: suite.new.embed(x), repeats)}
+    with torch.inference_mode():
+        new_emb = suite.new.embed(x)
+    calls = {"old": lambda: suite.old.embed(x), "new": lambda: suite.new.embed(x)}
     for name in ("bct", "psi_regression", "psi_mc", "rho_mc", "psi_mc_rho"):
         model = getattr(suite, name)
         if model is not None:
             inp = x if name == "bct" else new_emb
-            seconds[name] = _forward_seconds(lambda m=model, i=inp: m.embed(i) if hasattr(m, "embed") else m(i),
-                                             repeats)
+            calls[name] = lambda m=model, i=inp: m.embed(i) if hasattr(m, "embed") else m(i)
+    seconds = _median_seconds(calls, repeats)
     costs = {m.name: sum(seconds[name] for name in m.query_models) / seconds["new"]
              for m in METHODS if all(name in seconds for name in m.query_models)}
     return {"new": 1.0, **costs}
