@@ -11,7 +11,9 @@ backfill it can do no better than the old gallery embeddings allow. This script 
   straight line from its 0% to its 100% point (gain = 1/2 + 1/2 (full at 0% - old/old) / (new/new - old/old)),
   two more deployable uncertainty scores of the old classifier (lowest top cosine, energy), a label oracle
   order that backfills every item of a class the old model never saw first, and, for each
-  order, how well its first half picks out those items (ROC AUC of the order's rank).
+  order, how well its first half picks out those items (ROC AUC of the order's rank);
+- whether the merge is calibrated: the full method's gain (random order) when every old-space score is
+  shifted by a constant c, and the best c for each group of queries on its own (a label oracle).
 
     python benchmarks/gain_bounds.py --suite pretrained/cifar100/homogeneous --data ../shared/data/cifar100
 
@@ -40,6 +42,22 @@ def rank_auc(order: np.ndarray, positive: np.ndarray) -> float:
     position = np.empty(order.size, dtype=np.int64)
     position[order] = np.arange(order.size)
     return float(roc_auc_score(positive, -position))
+
+
+def with_old_space_offset(bundle: Embeddings, c: float) -> tuple[Embeddings, Embeddings]:
+    """(queries, gallery) on which ``rt_merge`` ranks by ``psi(q) . o + c`` (old space) and ``n_q . n``
+    (new space), up to one positive factor per query: each space gets extra coordinates whose products add
+    ``c`` to the old-space scores only (``k = 1 / (1 + |c|)`` keeps every row of unit length)."""
+    k = 1.0 / (1.0 + abs(c))
+    a, b = np.sqrt(k), np.sqrt(1.0 - k)
+    ones, zeros = np.ones((bundle.n, 1), np.float32), np.zeros((bundle.n, 1), np.float32)
+    transformed = np.hstack([a * bundle.transformed, b * ones])
+    old = np.hstack([a * bundle.old, np.sign(c) * b * ones])
+    queries = Embeddings(bundle.labels, old=old, new=np.hstack([a * bundle.new, b * ones, zeros]),
+                         transformed=transformed)
+    gallery = Embeddings(bundle.labels, old=old, new=np.hstack([a * bundle.new, zeros, b * ones]),
+                         transformed=transformed)
+    return queries, gallery
 
 
 def main() -> None:
@@ -102,6 +120,24 @@ def main() -> None:
         curve = evaluate_curve("rt_merge", full, full, order, leave_one_out=True)
         gain = relative_gain(float(curve.map.mean()), old_map, new_map)
         print(f"| {name} | {100 * gain:.1f}% | {rank_auc(order, unseen):.3f} |")
+
+    # A query's ranking depends on its own offset only, so one curve per offset gives every group's figure.
+    offsets = (-0.1, -0.05, 0.0, 0.05, 0.1)
+    auc = {}  # offset -> per-query AUC-mAP
+    for c in offsets:
+        queries, gallery = with_old_space_offset(full, c)
+        auc[c] = evaluate_curve("rt_merge", queries, gallery, random, leave_one_out=True).ap.mean(axis=1)
+    print("\nFull method, random order, old-space scores shifted by c (relative gain; AUC-mAP % per group)")
+    print(f"| c | rel. gain | {' | '.join(groups)} |\n|---|---|{'---|' * len(groups)}")
+    for c in offsets:
+        gain = relative_gain(float(np.nanmean(auc[c])), old_map, new_map)
+        print(f"| {c:+.2f} | {100 * gain:.1f}% | "
+              + " | ".join(f"{100 * np.nanmean(auc[c][mask]):.1f}" for mask in groups.values()) + " |")
+    best = {name: max(offsets, key=lambda c, m=mask: np.nanmean(auc[c][m])) for name, mask in groups.items()}
+    per_group = np.where(unseen, auc[best["classes it never saw"]], auc[best["classes the old model saw"]])
+    print(f"| best c per group (saw {best['classes the old model saw']:+.2f}, never saw "
+          f"{best['classes it never saw']:+.2f}; label oracle) | "
+          f"{100 * relative_gain(float(np.nanmean(per_group)), old_map, new_map):.1f}% | - | - | - |")
 
 
 if __name__ == "__main__":
