@@ -131,7 +131,10 @@ def fold_batch_norms(net: nn.Module) -> int:
     ``BatchNorm2d`` child of the same module (timm's blocks: ``conv_pw, bn1, conv_dw, bn2, ...``); the
     batch norm is replaced by what it applied after normalising (timm's ``BatchNormAct2d``: dropout and
     activation). Features change by float rounding only (about 2e-5; the logits test holds at 1e-4).
+    Raises ``ValueError`` for a network in training mode (its batch norms normalise with batch statistics).
     """
+    if any(m.training for m in net.modules()):
+        raise ValueError("fold_batch_norms needs a network in eval mode (call .eval() first)")
     folded = 0
     for module in list(net.modules()):
         children = list(module.named_children())

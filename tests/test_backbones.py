@@ -71,6 +71,8 @@ def test_fold_batch_norms_keeps_what_a_conv_and_its_batch_norm_compute():
     for bn in (net[1], net[5]):  # statistics and affine parameters far from the identity
         bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
         bn.weight.data.uniform_(0.5, 2), bn.bias.data.uniform_(-1, 1)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norms(net)
     net.eval()
     x = torch.randn(2, 3, 8, 8)
     want = net(x)
