@@ -51,14 +51,16 @@ def main() -> None:
         inputs = [folded.to_backbone_input(normalize_uint8(to_tensor_uint8(images[i:i + args.batch_size]),
                                                            folded.dataset))
                   for i in range(0, args.images, args.batch_size)]
-        images_per_second(published, inputs[:1]), images_per_second(folded.net, inputs[:1])  # warm-up
-        speeds: dict[str, list[float]] = {"published": [], "folded": []}
+        for net in (published, folded.net):  # warm-up
+            images_per_second(net, inputs[:1])
+        base_speeds, fast_speeds = [], []
         for r in range(args.rounds):
             base, want = images_per_second(published, inputs)
             fast, got = images_per_second(folded.net, inputs)
-            speeds["published"].append(base), speeds["folded"].append(fast)
+            base_speeds.append(base)
+            fast_speeds.append(fast)
             print(f"| {name} | {r + 1} | {base:.1f} | {fast:.1f} |", flush=True)
-        base, fast = statistics.median(speeds["published"]), statistics.median(speeds["folded"])
+        base, fast = statistics.median(base_speeds), statistics.median(fast_speeds)
         diff = (got - want).abs().max().item()
         print(f"| {name} | median | {base:.1f} | {fast:.1f} ({fast / base:.2f}x; features differ by at most "
               f"{diff:.1e}) |", flush=True)

@@ -13,7 +13,7 @@ train() {  # train KIND OUT [args...]: skip when OUT exists (delete it to retrai
   mkdir -p "$(dirname "$out")"
   backfill train "$kind" --dataset "$dataset" --out "$out" --resume --no-progress "$@"
 }
-transform() {  # transform DIR NAME: train DIR/NAME.pt (psi and, with --rho, rho) unless it exists
+transform() {  # transform DIR NAME: train DIR/NAME.pt (psi and, with --rho, rho) unless it exists, on $threads (1)
   local dir=$1 name=$2 cache=cache/features_${dataset}_$(basename "$1").npz args
   case "$name" in
     psi_regression) args=(--loss regression) ;;
