@@ -13,7 +13,9 @@ backfill it can do no better than the old gallery embeddings allow. This script 
   order that backfills every item of a class the old model never saw first, and, for each
   order, how well its first half picks out those items (ROC AUC of the order's rank);
 - whether the merge is calibrated: the full method's gain (random order) when every old-space score is
-  shifted by a constant c, and the best c for each group of queries on its own (a label oracle).
+  shifted by a constant c, and the best c for each group of queries on its own (a label oracle); and, on a
+  subsample of queries, when each space's scores are replaced by the share of relevant pairs at that score
+  (a monotone map per space, fitted with the labels of those same queries: a label oracle of calibration).
 
     python benchmarks/gain_bounds.py --suite pretrained/cifar100/homogeneous --data ../shared/data/cifar100
 
@@ -31,7 +33,7 @@ from backfill.datasets import load_dataset
 from backfill.embeddings import Embeddings
 from backfill.evaluation import evaluate_curve
 from backfill.methods import ORDERS, make_order
-from backfill.metrics import relative_gain
+from backfill.metrics import average_precision, relative_gain
 from backfill.ordering import class_centroids, order_by_score, random_order
 from backfill.reproduce import old_class_centroids
 from backfill.suite import ModelSuite
@@ -60,12 +62,54 @@ def with_old_space_offset(bundle: Embeddings, c: float) -> tuple[Embeddings, Emb
     return queries, gallery
 
 
+def relevance_calibration(scores: np.ndarray, relevant: np.ndarray, *, bins: int = 400):
+    """The monotone map score -> share of relevant pairs among ``scores`` (quantile bins, made non-decreasing);
+    a tiny multiple of the score breaks ties within a bin as the raw score does."""
+    edges = np.quantile(scores, np.linspace(0.0, 1.0, bins + 1))
+
+    def bin_of(x: np.ndarray) -> np.ndarray:
+        return np.clip(np.searchsorted(edges, x, side="right") - 1, 0, bins - 1)
+
+    b = bin_of(scores)
+    share = np.bincount(b, weights=relevant, minlength=bins) / np.maximum(np.bincount(b, minlength=bins), 1)
+    share = np.maximum.accumulate(share)
+    return lambda x: share[bin_of(x)] + 1e-9 * x
+
+
+def calibrated_merge_gain(full: Embeddings, order: np.ndarray, *, queries: int, seed: int,
+                          points: int = 11) -> tuple[float, float]:
+    """Relative gain of ``rt_merge`` on ``queries`` sampled queries (leave-one-out, ``points`` ratios, the same
+    random ``order``, old/old and new/new of the same queries): raw scores, and each space's scores through
+    its :func:`relevance_calibration` (fitted on these queries' own pairs: a label oracle)."""
+    q = np.random.default_rng(seed).choice(full.n, size=min(queries, full.n), replace=False)
+    own = np.zeros((q.size, full.n), dtype=bool)
+    own[np.arange(q.size), q] = True
+    relevant = (full.labels[q][:, None] == full.labels[None, :]) & ~own
+    scores = {"old": full.transformed[q] @ full.old.T, "new": full.new[q] @ full.new.T}
+    calibrated = {space: relevance_calibration(s[~own], relevant[~own])(s) for space, s in scores.items()}
+
+    def mean_ap(s: np.ndarray) -> float:
+        return float(np.nanmean(average_precision(np.where(own, -np.inf, s), relevant)))
+
+    old_map, new_map = mean_ap(full.old[q] @ full.old.T), mean_ap(scores["new"])
+    position = np.empty(full.n, dtype=np.int64)
+    position[order] = np.arange(full.n)
+    gains = []
+    for sides in (scores, calibrated):
+        maps = [mean_ap(np.where((position < round(ratio * full.n))[None], sides["new"], sides["old"]))
+                for ratio in np.linspace(0.0, 1.0, points)]
+        gains.append(relative_gain(float(np.mean(maps)), old_map, new_map))
+    return gains[0], gains[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", required=True, help="a suite directory with old, new and psi_mc")
     parser.add_argument("--data", default=None, help="dataset root (default: the dataset's usual place)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--calibration-queries", type=int, default=1500,
+                        help="queries sampled for the per-space calibration check (0: skip it)")
     args = parser.parse_args()
 
     suite = ModelSuite.load(args.suite)
@@ -138,6 +182,12 @@ def main() -> None:
     print(f"| best c per group (saw {best['classes the old model saw']:+.2f}, never saw "
           f"{best['classes it never saw']:+.2f}; label oracle) | "
           f"{100 * relative_gain(float(np.nanmean(per_group)), old_map, new_map):.1f}% | - | - | - |")
+
+    if args.calibration_queries:
+        raw, calibrated = calibrated_merge_gain(full, random, queries=args.calibration_queries, seed=args.seed)
+        print(f"\nFull method, random order, {min(args.calibration_queries, n)} sampled queries, 11 points: "
+              f"raw scores {100 * raw:.1f}%, each space's scores mapped to the share of relevant pairs at that "
+              f"score (label oracle) {100 * calibrated:.1f}%")
 
 
 if __name__ == "__main__":
