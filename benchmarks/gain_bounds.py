@@ -25,6 +25,7 @@ Needs the suite's psi_mc; the backbone features come from the feature cache (com
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -62,7 +63,8 @@ def with_old_space_offset(bundle: Embeddings, c: float) -> tuple[Embeddings, Emb
     return queries, gallery
 
 
-def relevance_calibration(scores: np.ndarray, relevant: np.ndarray, *, bins: int = 400):
+def relevance_calibration(scores: np.ndarray, relevant: np.ndarray, *,
+                          bins: int = 400) -> Callable[[np.ndarray], np.ndarray]:
     """The monotone map score -> share of relevant pairs among ``scores`` (quantile bins, made non-decreasing);
     a tiny multiple of the score breaks ties within a bin as the raw score does."""
     edges = np.quantile(scores, np.linspace(0.0, 1.0, bins + 1))

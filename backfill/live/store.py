@@ -349,8 +349,8 @@ class PgVectorStore:
 
     def pending_images(self, ids: np.ndarray) -> list[tuple[int, bytes]]:
         """``(id, encoded image)`` of the items of ``ids`` still pending (done ones are skipped)."""
-        # Binary results: the images arrive as raw bytes, not as hex text for the client to decode (client CPU
-        # 1.25 against 2.05 ms per batch of 256 Fashion-MNIST PNGs, in the process that runs the model).
+        # Binary results: the images arrive as raw bytes, not as hex text for the client (the process that runs
+        # the model) to decode.
         rows = self.conn.execute(
             "SELECT g.id, i.data FROM backfill.gallery g JOIN backfill.image i USING (id) "
             "WHERE g.id = ANY(%s) AND NOT g.backfilled ORDER BY g.id", (np.asarray(ids).tolist(),),
