@@ -6,10 +6,11 @@ replaced by sleeps of their length, and with the real store), and the job throug
 A temporary embedded store holds Fashion-MNIST train + test (70,000 items, as in ``live_backfill.py``). Each
 round runs every variant once, in rotating order, on ``--chunk`` pending items, one torch thread, batch 256:
 
-- model alone: the chunk's PNG bytes (read beforehand) decoded and embedded, no store;
-- actor, store as sleeps: :class:`backfill.live.job.EmbedAndWrite` called in this process, its reads and
-  writes replaced by sleeps as long as the real ones (measured first); the pipelining's own cost;
-- actor, real store: the same actor, reading and writing the store (these items are then backfilled);
+- model alone: the PNG bytes of one fixed chunk (in memory) decoded and embedded, no store;
+- actor, store as sleeps: :class:`backfill.live.job.EmbedAndWrite` called in this process on that chunk, its
+  reads and writes replaced by sleeps as long as the real ones (measured first); the pipelining's own cost;
+- actor, real store: another such actor on a fresh chunk each round, reading and writing the store (its items are then
+  backfilled);
 - job through Ray: ``backfill gallery backfill --limit CHUNK`` (one actor; once per ``--job-variants`` entry,
   extra job options), its steady items/s from the first to the last write seen in the store, as
   ``live_backfill.py`` measures it.
@@ -24,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +43,7 @@ from backfill.suite import ModelSuite  # noqa: E402
 BATCH = 256
 
 
-def median_seconds(call, repeats: int = 5) -> float:
+def median_seconds(call: Callable[[], object], repeats: int = 5) -> float:
     """Median wall time of ``call()`` in seconds."""
     times = []
     for _ in range(repeats):
