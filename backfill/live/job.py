@@ -49,7 +49,7 @@ class EmbedAndWrite:
     second, from any client); while they are, run the next batch's read, embedding and write one after
     another. A pipelined actor keeps the model and the store's writes (HNSW insertions, the store's costliest
     work) busy at once, which on a small machine leaves the searches no core: on 2 cores at 70,000 items,
-    search p99 during the job was 28, 32, 71 and 29 ms with the actor yielding, 46-99 ms without
+    search p99 during the job was 28, 32, 71, 29 and 26 ms with the actor yielding, 46-99 ms without
     (benchmarks/README.md).
     """
 
