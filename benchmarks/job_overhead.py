@@ -43,14 +43,11 @@ from backfill.suite import ModelSuite  # noqa: E402
 BATCH = 256
 
 
-def median_seconds(call: Callable[[], object], repeats: int = 5) -> float:
-    """Median wall time of ``call()`` in seconds."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def seconds(call: Callable[[], object]) -> float:
+    """Wall time of one ``call()``."""
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
 
 
 class SleepingStore:
@@ -94,20 +91,16 @@ def main() -> None:
     probe, reused = ids[:4 * BATCH], ids[4 * BATCH:4 * BATCH + args.chunk]
     actor_chunks = iter(np.split(ids[4 * BATCH + args.chunk:][:args.rounds * args.chunk], args.rounds))
     # The real calls' lengths, for the sleeps: reads of items that stay pending, writes of four probe batches.
-    read_s = median_seconds(lambda: store.pending_images(reused[:BATCH]))
+    read_s = statistics.median(seconds(lambda: store.pending_images(reused[:BATCH])) for _ in range(5))
     vectors = embed_new(suite, [load_image(pngs[i]) for i in probe[:BATCH]])
-    write_s = statistics.median(median_seconds(lambda b=b: store.write_new(b, vectors, model=tag), repeats=1)
+    write_s = statistics.median(seconds(lambda b=b: store.write_new(b, vectors, model=tag))
                                 for b in np.split(probe, 4))
     real, sleeping = (EmbedAndWrite(store.uri, str(live_backfill.SUITE), tag, threads=1, batch_size=BATCH,
                                     yield_to_searches=False) for _ in range(2))
     sleeping.reader = sleeping.writer = SleepingStore(dict(enumerate(pngs)), read_s, write_s)
 
     def model_alone(ids: np.ndarray) -> float:
-        images = [pngs[i] for i in ids]
-        start = time.perf_counter()
-        for i in range(0, len(images), BATCH):
-            embed_new(suite, [load_image(p) for p in images[i:i + BATCH]])
-        return len(ids) / (time.perf_counter() - start)
+        return len(ids) / live_backfill.embed_pngs(suite, [pngs[i] for i in ids], BATCH)
 
     def actor(worker: EmbedAndWrite, ids: np.ndarray) -> float:
         start = time.perf_counter()

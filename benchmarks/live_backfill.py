@@ -78,22 +78,29 @@ def load_fashion_mnist(store, suite, *, progress: bool = True) -> list[bytes]:
     return pngs
 
 
+def embed_pngs(suite, pngs: Sequence[bytes], batch_size: int) -> float:
+    """Decode and embed ``pngs`` with the suite's new model, ``batch_size`` at a time (the job's model work, no
+    store); returns the seconds it took."""
+    from backfill.images import load_image
+    from backfill.live.gallery import embed_new
+
+    t = time.perf_counter()
+    for i in range(0, len(pngs), batch_size):
+        embed_new(suite, [load_image(p) for p in pngs[i:i + batch_size]])
+    return time.perf_counter() - t
+
+
 def _model_worker(args: tuple) -> float:
     """Decode + embed a share of the images with the new model; returns its seconds (model load excluded)."""
     pngs, batch_size, threads, barrier = args
     import torch
 
-    from backfill.images import load_image
-    from backfill.live.gallery import embed_new
     from backfill.suite import ModelSuite
 
     torch.set_num_threads(threads)
     suite = ModelSuite.load(SUITE)
     barrier.wait()
-    t = time.perf_counter()
-    for i in range(0, len(pngs), batch_size):
-        embed_new(suite, [load_image(p) for p in pngs[i:i + batch_size]])
-    return time.perf_counter() - t
+    return embed_pngs(suite, pngs, batch_size)
 
 
 def model_alone(pngs: list[bytes], *, workers: int, batch_size: int, threads: int) -> float:
