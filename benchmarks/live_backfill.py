@@ -9,7 +9,8 @@ the job, and the store alone at a synthetic scale (exact and HNSW with recall).
 
 Parts:
 1. model alone: the same images (PNG bytes in memory), decoded and embedded by the new model with the same
-   batch size, process count and torch threads as the job, no store, no Ray;
+   batch size, process count and torch threads as the job, no store, no Ray; and within it, the embedding
+   alone (the model's share: the job decodes in its reader thread, beside the model, so only this bounds it);
 2. the job (`backfill gallery backfill`) on the first half of the gallery, the service up but idle, in
    rounds of one run per --variants entry (job options; default: the job's defaults, and the job pipelined
    even while the service answers searches): steady items/s from the first to the last write seen in the
@@ -78,20 +79,25 @@ def load_fashion_mnist(store, suite, *, progress: bool = True) -> list[bytes]:
     return pngs
 
 
-def embed_pngs(suite, pngs: Sequence[bytes], batch_size: int) -> float:
+def embed_pngs(suite, pngs: Sequence[bytes], batch_size: int) -> tuple[float, float]:
     """Decode and embed ``pngs`` with the suite's new model, ``batch_size`` at a time (the job's model work, no
-    store); returns the seconds it took."""
-    from backfill.images import load_image
-    from backfill.live.gallery import embed_new
+    store); returns the seconds it took in all, and those of the embedding alone (decoded images in, vectors
+    out: the model's share, which no pipelining of the decoding can beat with one model thread)."""
+    from backfill.images import load_image, preprocess
+    from backfill.live.gallery import embed_new_input
 
-    t = time.perf_counter()
+    start, model = time.perf_counter(), 0.0
     for i in range(0, len(pngs), batch_size):
-        embed_new(suite, [load_image(p) for p in pngs[i:i + batch_size]])
-    return time.perf_counter() - t
+        x = preprocess([load_image(p) for p in pngs[i:i + batch_size]], suite.dataset)
+        t = time.perf_counter()
+        embed_new_input(suite, x)
+        model += time.perf_counter() - t
+    return time.perf_counter() - start, model
 
 
-def _model_worker(args: tuple) -> float:
-    """Decode + embed a share of the images with the new model; returns its seconds (model load excluded)."""
+def _model_worker(args: tuple) -> tuple[float, float]:
+    """Decode + embed a share of the images with the new model; returns :func:`embed_pngs`'s seconds (model
+    load excluded)."""
     pngs, batch_size, threads, barrier = args
     import torch
 
@@ -103,15 +109,16 @@ def _model_worker(args: tuple) -> float:
     return embed_pngs(suite, pngs, batch_size)
 
 
-def model_alone(pngs: list[bytes], *, workers: int, batch_size: int, threads: int) -> float:
-    """Items/s of the new model alone in ``workers`` processes (same batching as the job)."""
+def model_alone(pngs: list[bytes], *, workers: int, batch_size: int, threads: int) -> tuple[float, float]:
+    """Items/s of the new model alone in ``workers`` processes (same batching as the job): decoding and
+    embedding, and the embedding alone."""
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager:
         barrier = manager.Barrier(workers)
         shares = [pngs[w::workers] for w in range(workers)]
         with ctx.Pool(workers) as pool:
             seconds = pool.map(_model_worker, [(s, batch_size, threads, barrier) for s in shares])
-    return len(pngs) / max(seconds)
+    return len(pngs) / max(s[0] for s in seconds), len(pngs) / max(s[1] for s in seconds)
 
 
 def _rotated(items: list, r: int) -> list:
@@ -346,9 +353,11 @@ def main() -> int:
                                        options=variants[v]))
         alone.append(model_alone(pngs[:share], workers=args.workers, batch_size=args.batch_size,
                                  threads=args.threads))
-        shares = {v: [j["steady"] / ((a + b) / 2) for j, a, b in zip(runs, alone, alone[1:], strict=False)]
+        shares = {v: [j["steady"] / ((a[0] + b[0]) / 2) for j, a, b in zip(runs, alone, alone[1:], strict=False)]
                   for v, runs in jobs.items()}
-        base = float(np.mean(alone))
+        model_shares = {v: [j["steady"] / ((a[1] + b[1]) / 2)
+                            for j, a, b in zip(runs, alone, alone[1:], strict=False)] for v, runs in jobs.items()}
+        base, base_model = (float(np.mean([a[i] for a in alone])) for i in (0, 1))
         hnsw_s = None
         if args.ann:
             t = time.perf_counter()
@@ -383,10 +392,13 @@ def main() -> int:
             ("gallery items", f"{n:,}", f"HNSW (m {args.m}, ef_construction {args.ef_construction}) built in "
                                         f"{hnsw_s:.0f} s after the first half" if args.ann else ""),
             (f"new model alone ({args.workers} proc x {args.threads} thread, batch {args.batch_size}), items/s",
-             f"{base:,.0f}", f"mean of {len(alone)} runs of {share:,} images: "
-                             + ", ".join(f"{a:,.0f}" for a in alone)),
+             f"{base:,.0f}", f"decoding + embedding; mean of {len(alone)} runs of {share:,} images: "
+                             + ", ".join(f"{a[0]:,.0f}" for a in alone)),
+            ("its embedding alone (images decoded beforehand), items/s", f"{base_model:,.0f}",
+             "the same runs: " + ", ".join(f"{a[1]:,.0f}" for a in alone)),
             *[(f"job steady items/s, {v or 'defaults'}", f"{np.mean([j['steady'] for j in runs]):,.0f}",
-               f"median {100 * float(np.median(shares[v])):.0f}% of the model alone ({len(runs)} runs of "
+               f"median {100 * float(np.median(shares[v])):.0f}% of the model alone, "
+               f"{100 * float(np.median(model_shares[v])):.0f}% of its embedding alone ({len(runs)} runs of "
                f"{share:,} items, each against the mean of the model alone before and after its round: "
                + ", ".join(f"{100 * x:.0f}%" for x in shares[v]) + ")")
               for v, runs in jobs.items()],

@@ -13,7 +13,7 @@ from PIL import Image
 
 from backfill.live.store import GalleryStore, StoreError
 
-__all__ = ["load_gallery", "check_suite", "model_tag", "embed_new", "encode_image", "export_npz"]
+__all__ = ["load_gallery", "check_suite", "model_tag", "embed_new", "embed_new_input", "encode_image", "export_npz"]
 
 
 def model_tag(card: dict[str, Any]) -> str:
@@ -29,15 +29,20 @@ def encode_image(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-@torch.inference_mode()
 def embed_new(suite: Any, images: list[Any]) -> np.ndarray:
     """The new model's embeddings ``(n, d_n)`` float32 of images (bytes, PIL, paths...), through the one
     preprocessing path of uploads (:func:`backfill.images.preprocess`); the same vectors as
     ``suite.embed_arrays(images)["new"]`` without running the other models."""
     from backfill.images import preprocess
 
-    x = preprocess(images, suite.dataset).to(suite.device)
-    return np.ascontiguousarray(suite.new.embed(x).float().cpu().numpy(), dtype=np.float32)
+    return embed_new_input(suite, preprocess(images, suite.dataset))
+
+
+@torch.inference_mode()
+def embed_new_input(suite: Any, x: torch.Tensor) -> np.ndarray:
+    """The new model's embeddings ``(n, d_n)`` float32 of a batch already preprocessed (``(n, C, H, W)``,
+    from :func:`backfill.images.preprocess`): the model's share of :func:`embed_new`."""
+    return np.ascontiguousarray(suite.new.embed(x.to(suite.device)).float().cpu().numpy(), dtype=np.float32)
 
 
 def check_suite(store: GalleryStore, suite: Any) -> dict[str, Any]:
