@@ -226,12 +226,11 @@ def images_sha256(images: np.ndarray) -> str:
 
 
 @torch.inference_mode()
-def compute_features(backbone: FrozenBackbone, images: np.ndarray, *, flip: bool = False, batch_size: int = 128,
+def compute_features(backbone: FrozenBackbone, images: np.ndarray, *, batch_size: int = 128,
                      progress: bool = True, desc: str | None = None,
                      on_progress: Callable[[int, int, str], None] | None = None) -> np.ndarray:
     """Backbone features of dataset images uint8 ``(N, H, W, 3)`` -> float32 ``(N, 1280)``.
 
-    ``flip``: the horizontally mirrored view (a cheap second view for training the heads).
     ``on_progress(done, total, backbone name)`` is called after each batch (the app's progress bar).
     """
     from tqdm.auto import tqdm
@@ -242,8 +241,6 @@ def compute_features(backbone: FrozenBackbone, images: np.ndarray, *, flip: bool
                file=sys.stderr, mininterval=2.0)
     for start in range(0, n, batch_size):
         x = to_tensor_uint8(images[start:start + batch_size])
-        if flip:
-            x = x.flip(-1)
         out[start:start + len(x)] = backbone(normalize_uint8(x, backbone.dataset)).numpy()
         bar.update(len(x))
         if on_progress is not None:
@@ -253,23 +250,26 @@ def compute_features(backbone: FrozenBackbone, images: np.ndarray, *, flip: bool
 
 
 def dataset_features(backbone: str, images: np.ndarray, *, dataset: str = "cifar100",
-                     resolution: int = DEFAULT_RESOLUTION, flip: bool = False, batch_size: int = 128,
+                     resolution: int = DEFAULT_RESOLUTION, view: str = "clean", batch_size: int = 128,
                      cache: bool = True, progress: bool = True,
                      on_progress: Callable[[int, int, str], None] | None = None) -> np.ndarray:
-    """:func:`compute_features` of ``images``, cached on disk under :func:`feature_cache_dir`.
+    """:func:`compute_features` of ``view`` of ``images`` (:func:`backfill.augmentation.view_images`), cached
+    on disk under :func:`feature_cache_dir`.
 
     The cache file name holds the backbone, resolution, view and the first hex digits of the SHA-256 of the
     weights and of the images, so other weights or other images never reuse it. Written atomically.
     """
+    from backfill.augmentation import view_images
+
     model = load_backbone(backbone, dataset, resolution)
-    view = "flip" if flip else "clean"
+    viewed = view_images(images, view, dataset)  # checks the view's name before the cache is read
     key = f"{backbone}_{resolution}px_{view}_w{model.weights_sha256[:12]}_i{images_sha256(images)[:16]}"
     path = feature_cache_dir() / f"{key}.npy"
     if cache and path.is_file():
         feats = np.load(path, mmap_mode=None)
         if feats.shape == (len(images), model.feature_dim) and feats.dtype == np.float32:
             return feats
-    feats = compute_features(model, images, flip=flip, batch_size=batch_size, progress=progress,
+    feats = compute_features(model, viewed, batch_size=batch_size, progress=progress,
                              desc=f"{backbone} {resolution}px {view} features", on_progress=on_progress)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)

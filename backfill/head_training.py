@@ -88,8 +88,8 @@ class HeadConfig:
         return self
 
 
-def _split_features(cfg: HeadConfig, images: np.ndarray, flip: bool) -> np.ndarray:
-    return dataset_features(cfg.backbone, images, dataset=cfg.dataset, resolution=cfg.resolution, flip=flip,
+def _split_features(cfg: HeadConfig, images: np.ndarray, view: str) -> np.ndarray:
+    return dataset_features(cfg.backbone, images, dataset=cfg.dataset, resolution=cfg.resolution, view=view,
                             progress=cfg.progress)
 
 
@@ -133,12 +133,12 @@ def train_head(config: HeadConfig, log=None) -> TrainResult:
     keep_train, keep_test = train.labels < k, test.labels < k
     log(f"{cfg.kind}: {cfg.dataset} classes 0-{k - 1} on {cfg.backbone} features at {cfg.resolution} px, "
         f"{int(keep_train.sum())} training / {int(keep_test.sum())} test images (from {train.source})")
-    views = [_split_features(cfg, train.images, flip=False)[keep_train]]
+    views = [_split_features(cfg, train.images, "clean")[keep_train]]
     if cfg.flip:
-        views.append(_split_features(cfg, train.images, flip=True)[keep_train])
+        views.append(_split_features(cfg, train.images, "flip")[keep_train])
     x_views = torch.from_numpy(np.stack(views)).to(device)  # (views, n, 1280)
     y = torch.from_numpy(train.labels[keep_train]).long().to(device)
-    x_test = torch.from_numpy(_split_features(cfg, test.images, flip=False)[keep_test]).to(device)
+    x_test = torch.from_numpy(_split_features(cfg, test.images, "clean")[keep_test]).to(device)
     y_test = test.labels[keep_test]
 
     model = PretrainedNet(cfg.backbone, cfg.dataset, cfg.resolution, cfg.hidden, cfg.dim, k,

@@ -53,19 +53,20 @@ def embed_images(model: nn.Module, images: np.ndarray | torch.Tensor, dataset: s
 
 def embed_dataset(model: nn.Module, images: np.ndarray, dataset: str, *, batch_size: int = 512,
                   device: str | torch.device = "cpu", logits: bool = False, progress: bool = False,
-                  flip: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                  view: str = "clean") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """:func:`embed_images` of a whole dataset split; a head on a frozen pretrained backbone
     (``models.PretrainedNet``) runs on the backbone's cached features of ``images`` instead of the images.
-    ``flip``: of the horizontally mirrored images (the backbone's cached flip-view features)."""
+    ``view``: of that view of the images (:func:`backfill.augmentation.view_images`; for a pretrained
+    backbone, its cached features of the view)."""
     if getattr(model, "spec", {}).get("arch") != "pretrained":
-        if flip:
-            images = to_tensor_uint8(images).flip(-1)  # (n, C, H, W), as the backbones' flip view
-        return embed_images(model, images, dataset, batch_size, device, logits)
+        from backfill.augmentation import view_images
+
+        return embed_images(model, view_images(images, view, dataset), dataset, batch_size, device, logits)
     from backfill.backbones import dataset_features
 
     backbone, feat_dataset, resolution = model.backbone_key
     feats = torch.from_numpy(dataset_features(backbone, images, dataset=feat_dataset, resolution=resolution,
-                                              flip=flip, progress=progress))
+                                              view=view, progress=progress))
     was_training = model.training
     model.eval()
     embs, outs = [], []

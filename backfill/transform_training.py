@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from backfill.augmentation import augment_batch
+from backfill.augmentation import augment_batch, parse_views, view_images
 from backfill.checkpoints import load_checkpoint, save_checkpoint
 from backfill.datasets import ImageDataset, load_dataset
 from backfill.images import to_tensor_uint8
@@ -51,44 +51,42 @@ DEFAULT_HARD_NEGATIVES: int | None = None
 DEFAULT_REGRESSION_WEIGHT = 1.0
 
 LOSSES = ("regression", "mc")
-#: The train images' views psi and rho can learn from (TransformConfig.view).
-VIEWS = ("clean", "flip")
 
 
 def cache_features(
     old_model: nn.Module, new_model: nn.Module, data: ImageDataset, views: int = 1, batch_size: int = 256,
-    device: str | torch.device = "cpu", seed: int = 0, progress: bool = True, flip: bool = False,
+    device: str | torch.device = "cpu", seed: int = 0, progress: bool = True, view: str = "clean",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Old and new embeddings of every image of ``data`` (computed once, backbones frozen).
 
-    View 0 is the clean image (``flip``: mirrored); views 1.. are augmented copies, each fed identically to both
-    models.
+    One block of rows per view named in ``view`` (:func:`backfill.augmentation.parse_views`: ``"clean"``,
+    ``"flip"``, ``"crop"``, or several joined by ``+``), then ``views - 1`` augmented copies of the first, each
+    fed identically to both models.
 
     Returns
     -------
-    old_feats : float32 ``(views * N, d_old)``; new_feats : float32 ``(views * N, d_new)``;
-    labels : int64 ``(views * N,)``.
+    old_feats : float32 ``(rows, d_old)``; new_feats : float32 ``(rows, d_new)``; labels : int64 ``(rows,)``,
+    rows = (number of views named + ``views`` - 1) x N.
     """
     if views < 1:
         raise ValueError(f"views must be >= 1, got {views}")
-    clean = to_tensor_uint8(data.images)
-    if flip:
-        clean = clean.flip(-1)
+    names = parse_views(view)
     olds = [embed_dataset(old_model, data.images, data.name, batch_size=batch_size, device=device,
-                          progress=progress, flip=flip).numpy()]
+                          progress=progress, view=name).numpy() for name in names]
     news = [embed_dataset(new_model, data.images, data.name, batch_size=batch_size, device=device,
-                          progress=progress, flip=flip).numpy()]
+                          progress=progress, view=name).numpy() for name in names]
     if views > 1 and "pretrained" in (getattr(old_model, "spec", {}).get("arch"),
                                       getattr(new_model, "spec", {}).get("arch")):
         raise ValueError("views > 1 (augmented copies) is for end-to-end backbones; heads on pretrained "
                          "backbones train on cached clean features")
-    for view in tqdm(range(1, views), desc="cache features (views)", disable=not progress or views == 1):
-        # View 0 is the clean image; each augmented view is drawn once and fed to both models, so the
-        # old/new pair of every row shows the same crop/flip.
-        x = augment_batch(clean, data.name, generator=torch.Generator().manual_seed(seed * 1000 + view))
+    first = to_tensor_uint8(view_images(data.images, names[0], data.name))
+    for copy in tqdm(range(1, views), desc="cache features (views)", disable=not progress or views == 1):
+        # Each augmented copy is drawn once and fed to both models, so the old/new pair of every row shows
+        # the same crop/flip.
+        x = augment_batch(first, data.name, generator=torch.Generator().manual_seed(seed * 1000 + copy))
         olds.append(embed_images(old_model, x, data.name, batch_size, device).numpy())
         news.append(embed_images(new_model, x, data.name, batch_size, device).numpy())
-    labels = np.tile(data.labels, views).astype(np.int64)
+    labels = np.tile(data.labels, len(olds)).astype(np.int64)
     return (np.ascontiguousarray(np.concatenate(olds), dtype=np.float32),
             np.ascontiguousarray(np.concatenate(news), dtype=np.float32), labels)
 
@@ -159,9 +157,11 @@ class TransformConfig:
     epochs, batch_size, samples_per_class, lr, weight_decay : AdamW with a cosine learning-rate schedule.
     hidden : psi's hidden width (``None``: ReverseTransform's default).
     views : cached views per train image, 1 clean + ``views - 1`` augmented (end-to-end backbones only).
-    view : the train images as psi (and rho) see them: ``"clean"``, or ``"flip"``, mirrored. The models
-        embed the images they trained on more tightly than unseen ones; mirrored, those images are seen
-        anew, and psi learns from embeddings that spread like a query's (``benchmarks/README.md``).
+    view : the train images as psi (and rho) see them: ``"clean"``, ``"flip"`` (mirrored), ``"crop"`` (one
+        random padded crop and flip per image), or several joined by ``+`` (one row per image and view). The
+        models embed the images they trained on more tightly than unseen ones; mirrored or cropped, those
+        images are seen anew, and psi and rho learn from embeddings that spread like a query's
+        (``benchmarks/README.md``).
     seed : seeds the initialisation and the batch order (runs are deterministic on CPU).
     device : ``"auto"``, ``"cpu"`` or ``"cuda"``.
     """
@@ -204,8 +204,7 @@ class TransformConfig:
             raise ValueError(f"samples_per_class must be in [2, batch_size], got {self.samples_per_class}")
         if self.views < 1:
             raise ValueError(f"views must be >= 1, got {self.views}")
-        if self.view not in VIEWS:
-            raise ValueError(f"unknown view {self.view!r}; expected one of {VIEWS}")
+        parse_views(self.view)
         return self
 
     def card(self) -> dict[str, Any]:
@@ -336,19 +335,19 @@ def default_rho_path(psi_path: str | os.PathLike) -> Path:
 def cached_features(
     old_model: nn.Module, old_card: dict[str, Any], new_model: nn.Module, new_card: dict[str, Any],
     data: ImageDataset, views: int = 1, seed: int = 0, device: str | torch.device = "cpu",
-    cache: str | os.PathLike | None = None, progress: bool = True, flip: bool = False,
+    cache: str | os.PathLike | None = None, progress: bool = True, view: str = "clean",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`cache_features`, reusing ``cache`` (an ``.npz``) when it was made from the same weights
     (SHA-256), dataset split, number of images, views, view and seed; otherwise computing and writing it."""
     key = json.dumps({"old": old_card.get("weights_sha256"), "new": new_card.get("weights_sha256"),
                       "dataset": data.name, "split": data.split, "n": len(data), "views": views,
-                      "seed": seed, **({"view": "flip"} if flip else {})}, sort_keys=True)
+                      "seed": seed, **({"view": view} if view != "clean" else {})}, sort_keys=True)
     if cache is not None and Path(cache).is_file():
         with np.load(cache) as z:
             if str(z["key"]) == key:
                 return z["old"], z["new"], z["labels"]
     old, new, labels = cache_features(old_model, new_model, data, views, device=device, seed=seed,
-                                      progress=progress, flip=flip)
+                                      progress=progress, view=view)
     if cache is not None:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, old=old, new=new, labels=labels, key=np.array(key))
@@ -386,7 +385,7 @@ def train_transform(
     train = load_dataset(dataset, "train", data, download)
     old_feats, new_feats, labels = cached_features(
         old_model, old_card, new_model, new_card, train, cfg.views, cfg.seed, dev, feature_cache, progress,
-        flip=cfg.view == "flip")
+        view=cfg.view)
     psi, head, history = fit_transform(old_feats, new_feats, labels, replace(cfg, device=str(dev)),
                                        progress=progress)
     common = {

@@ -58,7 +58,7 @@ def main() -> None:
     clean = dataset_features(args.backbone, ds.images)
     views = {"clean": clean[None]}
     if args.flip:
-        views["clean+flip"] = np.stack([clean, dataset_features(args.backbone, ds.images, flip=True)])
+        views["clean+flip"] = np.stack([clean, dataset_features(args.backbone, ds.images, view="flip")])
     old = np.flatnonzero(ds.labels < 50)
     val = old[per_class_indices(ds.labels[old], 100, seed=1)]
     fit = np.setdiff1d(old, val)

@@ -6,7 +6,8 @@ classes) heads on cached features of 300 train images per class ("own"), keeps a
 from the heads ("held-out"), and scores, on a third 100 per class of the train split (queries = gallery,
 leave-one-out, 21 points, random order), the full method (``rt_merge``) with psi (and rho) trained on: the
 heads' own images (clean view), the held-out images, and the heads' own images mirrored (``flip``: the
-backbone's cached flip-view features). The test split plays no part.
+backbone's cached flip-view features), cropped (``crop``: one random padded crop and flip per image) or both
+(``flip+crop``: a row per image and view). The test split plays no part.
 
     python benchmarks/sweep_psi_views.py --data ../shared/data/cifar100 [--arms own,held_out,own_flip,own+rho]
 """
@@ -34,7 +35,7 @@ sweep_heads, sweep_mc = sweep_merge.sweep_heads, sweep_merge.sweep_mc
 #: The shipped recipe's heads (HeadConfig defaults) and psi options (pretrained/train.sh).
 HEADS = dict(epochs=30, lr=2e-3, weight_decay=1e-4, hidden=512, label_smoothing=0.1, logit_scale=8.0)
 PSI = dict(loss="mc", temperature=0.05, regression_weight=0.0, epochs=40, hidden=1024)
-ARMS = "own,held_out,own_flip,own+rho,held_out+rho,own_flip+rho"
+ARMS = "own,held_out,own_flip,own+rho,held_out+rho,own_flip+rho,own_crop+rho,own_flip+crop,own_flip+crop+rho"
 
 
 def main() -> None:
@@ -46,7 +47,7 @@ def main() -> None:
     torch.set_num_threads(2)
     ds = load_dataset("cifar100", "train", args.data)
     clean = dataset_features("efficientnet_lite0", ds.images)
-    flip = dataset_features("efficientnet_lite0", ds.images, flip=True)
+    views = {view: dataset_features("efficientnet_lite0", ds.images, view=view) for view in ("flip", "crop")}
     y = ds.labels
     val = per_class_indices(y, 100, seed=1)  # scored: the same 100 per class as sweep_merge.py
     fit = np.setdiff1d(np.arange(len(y)), val)
@@ -59,10 +60,14 @@ def main() -> None:
     val_old, val_new = (sweep_merge.embed(heads[k], clean[val]) for k in ("old", "new"))
     order = random_order(len(val), seed=0)
 
-    def embeddings(feats: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return sweep_merge.embed(heads["old"], feats[rows]), sweep_merge.embed(heads["new"], feats[rows]), y[rows]
+    def embeddings(feats: list[np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Old and new embeddings and labels of ``rows`` in each of the views' ``feats``, one block per view."""
+        return (np.concatenate([sweep_merge.embed(heads["old"], f[rows]) for f in feats]),
+                np.concatenate([sweep_merge.embed(heads["new"], f[rows]) for f in feats]),
+                np.tile(y[rows], len(feats)))
 
-    sets = {"own": (clean, own), "held_out": (clean, held_out), "own_flip": (flip, own)}
+    sets = {"own": ([clean], own), "held_out": ([clean], held_out), "own_flip": ([views["flip"]], own),
+            "own_crop": ([views["crop"]], own), "own_flip+crop": ([views["flip"], views["crop"]], own)}
     print(f"{'psi trained on':<16} {'rows':>6} {'full gain':>9} {'mAP at 0':>9} {'mAP at 100%':>11} "
           f"{'old/old':>8} {'new/new':>8} {'seconds':>8}", flush=True)
     for arm in args.arms.split(","):

@@ -109,7 +109,7 @@ def test_feature_cache_is_keyed_by_images_and_view(feature_cache):
     assert len(list(feature_cache.glob("*.npy"))) == 1
     np.testing.assert_array_equal(dataset_features("efficientnet_lite0", images, resolution=32, progress=False),
                                   first)
-    flipped = dataset_features("efficientnet_lite0", images, resolution=32, flip=True, progress=False)
+    flipped = dataset_features("efficientnet_lite0", images, resolution=32, view="flip", progress=False)
     mirrored = dataset_features("efficientnet_lite0", images[:, :, ::-1].copy(), resolution=32, progress=False)
     np.testing.assert_allclose(flipped, mirrored, atol=1e-5)
     assert len(list(feature_cache.glob("*.npy"))) == 3

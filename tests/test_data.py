@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from backfill import datasets, images
-from backfill.augmentation import augment_batch
+from backfill.augmentation import augment_batch, parse_views, view_images
 from backfill.datasets import DatasetNotFoundError, ImageDataset, load_dataset, select_classes, subsample_per_class
 from backfill.images import ImageLoadError, load_image, normalize_uint8, preprocess
 
@@ -159,6 +159,28 @@ def test_augment_is_reproducible():
     b = augment_batch(x, "cifar100", torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
 
+
+
+def test_views_of_a_split_are_fixed_transformations_of_each_image():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4100, 6, 6, 3), dtype=np.uint8)  # more than one chunk of 4,096
+    assert view_images(images, "clean", "cifar100") is images
+    np.testing.assert_array_equal(view_images(images, "flip", "cifar100"), images[:, :, ::-1])
+    crop = view_images(images, "crop", "cifar100")
+    assert crop.shape == images.shape and crop.dtype == np.uint8
+    np.testing.assert_array_equal(crop, view_images(images, "crop", "cifar100"))  # seeded: the same every time
+    assert not np.array_equal(crop, view_images(images, "crop", "cifar100", seed=1))
+    # Each image is one window of its zero-padded (pad 4), possibly mirrored self, including the last chunk's.
+    for i in (0, 1, 4099):
+        padded = np.pad(images[i], ((4, 4), (4, 4), (0, 0)))
+        windows = {w[dy:dy + 6, dx:dx + 6].tobytes() for w in (padded, padded[:, ::-1])
+                   for dy in range(9) for dx in range(9)}
+        assert crop[i].tobytes() in windows
+    assert parse_views("flip+crop") == ["flip", "crop"]
+    with pytest.raises(ValueError, match="unknown view 'mirror'"):
+        parse_views("flip+mirror")
+    with pytest.raises(ValueError, match="named twice"):
+        parse_views("crop+crop")
 
 # --------------------------------------------------------------------------------------- preprocessing
 def _png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from backfill.augmentation import view_images
 from backfill.datasets import ImageDataset
 from backfill.inference import embed_images
 from backfill.models import SmallCNN
@@ -146,7 +147,7 @@ def test_cache_features_of_the_flip_view_embed_the_mirrored_images(tmp_path):
                         ["a", "b"], "fashion_mnist", "train")
     torch.manual_seed(0)
     model = SmallCNN(width=4, embedding_dim=8, num_classes=2)
-    old, _, labels = cache_features(model, model, data, batch_size=4, progress=False, flip=True)
+    old, _, labels = cache_features(model, model, data, batch_size=4, progress=False, view="flip")
     mirrored = np.ascontiguousarray(data.images[:, :, ::-1])
     np.testing.assert_allclose(old, embed_images(model, mirrored, "fashion_mnist").numpy(), atol=1e-6)
     assert not np.allclose(old, embed_images(model, data.images, "fashion_mnist").numpy(), atol=1e-3)
@@ -154,11 +155,18 @@ def test_cache_features_of_the_flip_view_embed_the_mirrored_images(tmp_path):
     # The cache tells the views apart.
     cache, card = tmp_path / "feats.npz", {"weights_sha256": "aa"}
     clean, _, _ = cached_features(model, card, model, card, data, cache=cache, progress=False)
-    flipped, _, _ = cached_features(model, card, model, card, data, cache=cache, progress=False, flip=True)
+    flipped, _, _ = cached_features(model, card, model, card, data, cache=cache, progress=False,
+                                   view="flip")
     np.testing.assert_allclose(flipped, old, atol=1e-6)
     assert not np.allclose(clean, flipped, atol=1e-3)
     with pytest.raises(ValueError, match="unknown view 'mirror'"):
         TransformConfig(view="mirror").validated()
+    # Several views: one block of rows per view, in the order named, and a cache entry of their own.
+    both, _, both_labels = cached_features(model, card, model, card, data, cache=cache, progress=False,
+                                           view="flip+crop")
+    crop = embed_images(model, view_images(data.images, "crop", "fashion_mnist"), "fashion_mnist").numpy()
+    np.testing.assert_allclose(both, np.concatenate([old, crop]), atol=1e-6)
+    assert both_labels.tolist() == 2 * data.labels.tolist()
 
 
 def test_cached_features_reuses_only_a_matching_cache(tmp_path):

@@ -150,9 +150,11 @@ def _add_train_transform(sub: argparse._SubParsersAction) -> None:
                    help="weight of the regression term added to L_MC (default 1)")
     p.add_argument("--views", type=int, default=1,
                    help="cached views per train image: 1 clean + (views-1) augmented (default 1)")
-    p.add_argument("--view", choices=["clean", "flip"], default="clean",
-                   help="the train images as psi/rho see them: clean, or flip (mirrored: embedded as loosely as "
-                        "unseen images, not as tightly as the images the models trained on); default clean")
+    p.add_argument("--view", default="clean", metavar="VIEW[+VIEW]",
+                   help="the train images as psi/rho see them: clean, flip (mirrored), crop (a random padded crop "
+                        "and flip per image), or several joined by '+', one row per image and view (default "
+                        "clean; the altered views are embedded as loosely as unseen images, not as tightly as "
+                        "the images the models trained on)")
     p.add_argument("--feature-cache", metavar="FEATS.npz", default=None,
                    help="reuse/write the cached features here (checked against the weights' SHA-256)")
     p.add_argument("--epochs", type=int, default=None, help="default 15")
