@@ -18,7 +18,8 @@ transform() {  # transform DIR NAME: train DIR/NAME.pt (psi and, with --rho, rho
   case "$name" in
     psi_regression) args=(--loss regression) ;;
     psi_mc) args=(--loss mc) ;;
-    psi_mc_rho) args=(--loss mc --rho) ;;
+    psi_mc_rho)  # rho's own view options (and their own feature cache, as the lanes run side by side)
+      args=(--loss mc --rho "${rho_options[@]}"); [ ${#rho_options[@]} -eq 0 ] || cache=${cache%.npz}_rho.npz ;;
     # The L_MC ablation: old-space only, new-space only, separate denominators. The new-space-only loss
     # gives psi no gradient, so that denominator trains rho too and psi gets the regression term (weight 1,
     # whatever the dataset's default).
@@ -38,6 +39,7 @@ transforms() {  # transforms DIR NAME...: one after the other
   done
 }
 transform_options=()  # extra options of every `train transform` of the dataset
+rho_options=()        # and of psi + rho (psi_mc_rho) after them
 case "$dataset" in
   fashion_mnist)
     d=pretrained/fashion_mnist/homogeneous
@@ -67,11 +69,15 @@ case "$dataset" in
     # at temperature 0.05, on the mirrored train images (the heads embed the clean ones they trained on too
     # tightly): held-out sweeps (sweep_mc.py, sweep_merge.py --psi-grid, --view), benchmarks/README.md
     transform_options=(--epochs 40 --hidden 1024 --regression-weight 0 --temperature 0.05 --view flip)
+    # psi + rho on the mirrored and the cropped train images (a row per image and view): rho then ends above
+    # new/new, where on the mirrored ones alone it ends below (sweep_psi_views.py, benchmarks/README.md).
+    rho_options=(--view flip+crop)
     ablation=(ablation/psi_mc_old ablation/psi_mc_new ablation/psi_mc_separate)
     heads() {
       # Each suite's psi_regression first, one after the other on both cores: they compute the mirrored
       # backbone features once (Lite0's, which both suites' old model reads, then Lite2's); then the other
-      # seven transforms in two lanes of one thread each. From scratch here: backbones 30 min, heads 28 min.
+      # seven transforms in two lanes of one thread each. From scratch here: backbones 30 min, heads 28 min
+      # before psi_mc_rho's cropped view, which adds its features (about 7 + 8 min idle) and twice the rows.
       threads=2 transform "$d" psi_regression; threads=2 transform "$h" psi_regression
       transforms "$d" "${ablation[@]}" & local lane=$!
       transforms "$d" psi_mc psi_mc_rho; transforms "$h" psi_mc psi_mc_rho
