@@ -46,9 +46,8 @@ class EmbedAndWrite:
     them into the model's input, and another commits batch j - 1, each on its own store connection, so the
     model waits only for the block's first read and last write. Decoding beside the model is worth a third
     of the model alone's time on Fashion-MNIST (benchmarks/README.md). A call returns only when its writes
-    are committed. An unreadable image
-    raises :class:`backfill.images.ImageLoadError` naming the item, after the store calls in flight have
-    finished.
+    are committed. An unreadable image raises :class:`backfill.images.ImageLoadError` naming the item, after
+    the store calls in flight have finished.
 
     ``yield_to_searches``: with each read, ask the store whether searches are running (one now or in the last
     second, from any client); while they are, run the next batch's read, embedding and write one after
