@@ -17,7 +17,7 @@ import torch
 
 from backfill.datasets import get_spec
 
-__all__ = ["VIEWS", "augment_batch", "parse_views", "view_images"]
+__all__ = ["VIEWS", "augment_batch", "check_view", "parse_views", "view_images"]
 
 #: The fixed views of a split (see the module docstring).
 VIEWS = ("clean", "flip", "crop")
@@ -48,12 +48,17 @@ def augment_batch(x: torch.Tensor, dataset: str, generator: torch.Generator | No
     return padded.reshape(n, c, -1).gather(2, flat).view(n, c, h, w)
 
 
+def check_view(name: str) -> None:
+    """A ``ValueError`` unless ``name`` is one of :data:`VIEWS`."""
+    if name not in VIEWS:
+        raise ValueError(f"unknown view {name!r}; expected one of {', '.join(VIEWS)}, or several joined by '+'")
+
+
 def parse_views(views: str) -> list[str]:
     """The views named in ``views``, one or several joined by ``+`` (``"flip+crop"``), checked."""
     names = views.split("+")
     for name in names:
-        if name not in VIEWS:
-            raise ValueError(f"unknown view {name!r}; expected one of {', '.join(VIEWS)}, or several joined by '+'")
+        check_view(name)
     if len(set(names)) < len(names):
         raise ValueError(f"a view is named twice in {views!r}")
     return names
@@ -66,8 +71,7 @@ def view_images(images: np.ndarray, view: str, dataset: str, *, seed: int = 0) -
     ``crop`` draws its offsets and flip coins from one generator seeded with ``seed``, in fixed chunks, so the
     same images give the same view on any machine and with any batch size downstream.
     """
-    if view not in VIEWS:
-        raise ValueError(f"unknown view {view!r}; expected one of {', '.join(VIEWS)}")
+    check_view(view)
     if images.ndim != 4:
         raise ValueError(f"expected uint8 images (N, H, W, C), got shape {images.shape}")
     if view == "clean":

@@ -259,17 +259,17 @@ def dataset_features(backbone: str, images: np.ndarray, *, dataset: str = "cifar
     The cache file name holds the backbone, resolution, view and the first hex digits of the SHA-256 of the
     weights and of the images, so other weights or other images never reuse it. Written atomically.
     """
-    from backfill.augmentation import view_images
+    from backfill.augmentation import check_view, view_images
 
+    check_view(view)  # before the cache is read: a wrong name never finds a file
     model = load_backbone(backbone, dataset, resolution)
-    viewed = view_images(images, view, dataset)  # checks the view's name before the cache is read
     key = f"{backbone}_{resolution}px_{view}_w{model.weights_sha256[:12]}_i{images_sha256(images)[:16]}"
     path = feature_cache_dir() / f"{key}.npy"
     if cache and path.is_file():
         feats = np.load(path, mmap_mode=None)
         if feats.shape == (len(images), model.feature_dim) and feats.dtype == np.float32:
             return feats
-    feats = compute_features(model, viewed, batch_size=batch_size, progress=progress,
+    feats = compute_features(model, view_images(images, view, dataset), batch_size=batch_size, progress=progress,
                              desc=f"{backbone} {resolution}px {view} features", on_progress=on_progress)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -79,7 +79,7 @@ def cache_features(
                                       getattr(new_model, "spec", {}).get("arch")):
         raise ValueError("views > 1 (augmented copies) is for end-to-end backbones; heads on pretrained "
                          "backbones train on cached clean features")
-    first = to_tensor_uint8(view_images(data.images, names[0], data.name))
+    first = to_tensor_uint8(view_images(data.images, names[0], data.name)) if views > 1 else None
     for copy in tqdm(range(1, views), desc="cache features (views)", disable=not progress or views == 1):
         # Each augmented copy is drawn once and fed to both models, so the old/new pair of every row shows
         # the same crop/flip.

@@ -353,10 +353,11 @@ def main() -> int:
                                        options=variants[v]))
         alone.append(model_alone(pngs[:share], workers=args.workers, batch_size=args.batch_size,
                                  threads=args.threads))
-        shares = {v: [j["steady"] / ((a[0] + b[0]) / 2) for j, a, b in zip(runs, alone, alone[1:], strict=False)]
-                  for v, runs in jobs.items()}
-        model_shares = {v: [j["steady"] / ((a[1] + b[1]) / 2)
-                            for j, a, b in zip(runs, alone, alone[1:], strict=False)] for v, runs in jobs.items()}
+        def shares_of(i: int) -> dict[str, list[float]]:  # i: 0 the model alone, 1 its embedding alone
+            return {v: [j["steady"] / ((a[i] + b[i]) / 2) for j, a, b in zip(runs, alone, alone[1:], strict=False)]
+                    for v, runs in jobs.items()}
+
+        shares, model_shares = shares_of(0), shares_of(1)
         base, base_model = (float(np.mean([a[i] for a in alone])) for i in (0, 1))
         hnsw_s = None
         if args.ann:
