@@ -50,6 +50,7 @@ __all__ = [
     "fold_batch_norms",
     "dataset_features",
     "feature_cache_dir",
+    "feature_cache_path",
 ]
 
 #: Input side the 32 px images are upsampled to. Measured on the 2-core CPU (channels_last, batch 128, before
@@ -249,22 +250,29 @@ def compute_features(backbone: FrozenBackbone, images: np.ndarray, *, batch_size
     return out
 
 
+def feature_cache_path(backbone: str, images: np.ndarray, *, dataset: str = "cifar100",
+                       resolution: int = DEFAULT_RESOLUTION, view: str = "clean") -> Path:
+    """Where :func:`dataset_features` keeps ``backbone``'s features of ``view`` of ``images``: the backbone,
+    resolution, view and the first hex digits of the SHA-256 of the weights and of the images."""
+    from backfill.augmentation import check_view
+
+    check_view(view)  # before the cache is read: a wrong name never finds a file
+    model = load_backbone(backbone, dataset, resolution)
+    key = f"{backbone}_{resolution}px_{view}_w{model.weights_sha256[:12]}_i{images_sha256(images)[:16]}"
+    return feature_cache_dir() / f"{key}.npy"
+
+
 def dataset_features(backbone: str, images: np.ndarray, *, dataset: str = "cifar100",
                      resolution: int = DEFAULT_RESOLUTION, view: str = "clean", batch_size: int = 128,
                      cache: bool = True, progress: bool = True,
                      on_progress: Callable[[int, int, str], None] | None = None) -> np.ndarray:
     """:func:`compute_features` of ``view`` of ``images`` (:func:`backfill.augmentation.view_images`), cached
-    on disk under :func:`feature_cache_dir`.
-
-    The cache file name holds the backbone, resolution, view and the first hex digits of the SHA-256 of the
-    weights and of the images, so other weights or other images never reuse it. Written atomically.
+    on disk at :func:`feature_cache_path`, so other weights or other images never reuse it. Written atomically.
     """
-    from backfill.augmentation import check_view, view_images
+    from backfill.augmentation import view_images
 
-    check_view(view)  # before the cache is read: a wrong name never finds a file
+    path = feature_cache_path(backbone, images, dataset=dataset, resolution=resolution, view=view)
     model = load_backbone(backbone, dataset, resolution)
-    key = f"{backbone}_{resolution}px_{view}_w{model.weights_sha256[:12]}_i{images_sha256(images)[:16]}"
-    path = feature_cache_dir() / f"{key}.npy"
     if cache and path.is_file():
         feats = np.load(path, mmap_mode=None)
         if feats.shape == (len(images), model.feature_dim) and feats.dtype == np.float32:

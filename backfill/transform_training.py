@@ -348,9 +348,11 @@ def cached_features(
                 return z["old"], z["new"], z["labels"]
     old, new, labels = cache_features(old_model, new_model, data, views, device=device, seed=seed,
                                       progress=progress, view=view)
-    if cache is not None:
+    if cache is not None:  # written whole, then renamed: a lane reading it meanwhile never sees half a file
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, old=old, new=new, labels=labels, key=np.array(key))
+        tmp = Path(cache).with_name(f"{Path(cache).name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, old=old, new=new, labels=labels, key=np.array(key))
+        os.replace(tmp, cache)
     return old, new, labels
 
 

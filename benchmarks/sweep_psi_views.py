@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backfill.augmentation import parse_views
 from backfill.backbones import dataset_features
 from backfill.datasets import load_dataset, per_class_indices
 from backfill.ordering import random_order
@@ -47,7 +48,8 @@ def main() -> None:
     torch.set_num_threads(2)
     ds = load_dataset("cifar100", "train", args.data)
     clean = dataset_features("efficientnet_lite0", ds.images)
-    views = {view: dataset_features("efficientnet_lite0", ds.images, view=view) for view in ("flip", "crop")}
+    views = {"clean": clean} | {view: dataset_features("efficientnet_lite0", ds.images, view=view)
+                                for view in ("flip", "crop")}
     y = ds.labels
     val = per_class_indices(y, 100, seed=1)  # scored: the same 100 per class as sweep_merge.py
     fit = np.setdiff1d(np.arange(len(y)), val)
@@ -66,13 +68,19 @@ def main() -> None:
                 np.concatenate([sweep_merge.embed(heads["new"], f[rows]) for f in feats]),
                 np.tile(y[rows], len(feats)))
 
-    sets = {"own": ([clean], own), "held_out": ([clean], held_out), "own_flip": ([views["flip"]], own),
-            "own_crop": ([views["crop"]], own), "own_flip+crop": ([views["flip"], views["crop"]], own)}
+    def training_set(name: str) -> tuple[list[np.ndarray], np.ndarray]:
+        """``held_out``, or ``own`` (clean) / ``own_VIEW[+VIEW]``: the heads' own images in those views."""
+        if name == "held_out":
+            return [clean], held_out
+        if not name.startswith("own"):
+            raise ValueError(f"unknown arm {name!r}: held_out, own or own_VIEW[+VIEW]")
+        return [views[v] for v in parse_views(name.removeprefix("own").removeprefix("_") or "clean")], own
+
     print(f"{'psi trained on':<16} {'rows':>6} {'full gain':>9} {'mAP at 0':>9} {'mAP at 100%':>11} "
           f"{'old/old':>8} {'new/new':>8} {'seconds':>8}", flush=True)
     for arm in args.arms.split(","):
         name, rho = arm.removesuffix("+rho"), arm.endswith("+rho")
-        old, new, labels = embeddings(*sets[name])
+        old, new, labels = embeddings(*training_set(name))
         t = time.perf_counter()
         psi, head, _ = fit_transform(old, new, labels, TransformConfig(**PSI, rho=rho), progress=False)
         r = sweep_mc.score(psi, head, val_old, val_new, y[val], order)

@@ -1,4 +1,4 @@
-"""Command-line front end: backfill evaluate | train | embed | reproduce | gallery | serve.
+"""Command-line front end: backfill evaluate | features | train | embed | reproduce | gallery | serve.
 
 Each sub-command module has an ``add_*`` function that declares its arguments and binds a handler.
 Handlers import their library modules lazily, so ``backfill --help`` stays fast and the engine's commands
@@ -12,6 +12,7 @@ import sys
 
 from backfill.cli.evaluate import add_evaluate
 from backfill.cli.evidence import add_embed, add_reproduce
+from backfill.cli.features import add_features
 from backfill.cli.train import add_train
 
 __all__ = ["build_parser", "main"]
@@ -20,7 +21,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backfill", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_evaluate, add_train, add_embed, add_reproduce):
+    for add in (add_evaluate, add_features, add_train, add_embed, add_reproduce):
         add(sub)
     from backfill.live.cli import add_commands as add_live  # gallery, serve (live backfilling; imports are lazy)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from backfill.cli.common import DATASETS, command_line
+from backfill.cli.common import BACKBONE_NAMES, DATASETS, command_line
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--depth", type=int, default=None, help="ResNet depth, 6n+2 (default 8)")
     g.add_argument("--width", type=int, default=None, help="base channel width (default 16)")
     g.add_argument("--dim", type=int, default=128, help="embedding dimension (default 128)")
-    g.add_argument("--backbone", choices=["efficientnet_lite0", "efficientnet_lite2"], default=None,
+    g.add_argument("--backbone", choices=BACKBONE_NAMES, default=None,
                    help="train only an embedding head on this frozen ImageNet-pretrained backbone (RGB "
                         "datasets; its features are computed once and cached) instead of a network from scratch")
     g.add_argument("--resolution", type=int, default=None,
