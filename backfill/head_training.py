@@ -7,8 +7,9 @@ classes ``0..K-1`` (default half), ``new`` all of them, ``bct`` adds BCT's influ
 frozen old classifier extended to the new classes with the class means of old embeddings.
 
 Choices: AdamW with a OneCycle schedule and label smoothing 0.1; features are cached for the whole split
-(one cache shared by old, new and bct) and rows are selected afterwards. ``flip=True`` also trains on the
-features of the mirrored images (a second cached view, picked per image and epoch at random).
+(one cache shared by old, new and bct) and rows are selected afterwards. ``view`` names the views of the
+train images the head learns from (:func:`backfill.augmentation.parse_views`; ``"clean+flip"``: the mirrored
+images too, each image's view picked per epoch at random).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from backfill.augmentation import parse_views
 from backfill.backbones import BACKBONES, DEFAULT_RESOLUTION, PretrainedNet, dataset_features, load_backbone
 from backfill.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from backfill.datasets import get_spec, load_dataset
@@ -63,7 +65,7 @@ class HeadConfig:
     # 8, not the from-scratch CNNs' 16 (and 30 epochs, not 60): a held-out sweep (benchmarks/README.md) found the
     # heads' new/new mAP higher and the two spaces' scores far closer (rank merge 45% vs 14% relative gain).
     logit_scale: float = 8.0
-    flip: bool = False
+    view: str = "clean"
     bct_weight: float = 1.0
     seed: int = 0
     device: str = "auto"
@@ -83,6 +85,7 @@ class HeadConfig:
         for name in ("lr", "logit_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        parse_views(self.view)
         if self.kind == "bct" and not self.old:
             raise ValueError("bct training needs the old model: pass --old PATH/old.pt")
         return self
@@ -133,9 +136,7 @@ def train_head(config: HeadConfig, log=None) -> TrainResult:
     keep_train, keep_test = train.labels < k, test.labels < k
     log(f"{cfg.kind}: {cfg.dataset} classes 0-{k - 1} on {cfg.backbone} features at {cfg.resolution} px, "
         f"{int(keep_train.sum())} training / {int(keep_test.sum())} test images (from {train.source})")
-    views = [_split_features(cfg, train.images, "clean")[keep_train]]
-    if cfg.flip:
-        views.append(_split_features(cfg, train.images, "flip")[keep_train])
+    views = [_split_features(cfg, train.images, view)[keep_train] for view in parse_views(cfg.view)]
     x_views = torch.from_numpy(np.stack(views)).to(device)  # (views, n, 1280)
     y = torch.from_numpy(train.labels[keep_train]).long().to(device)
     x_test = torch.from_numpy(_split_features(cfg, test.images, "clean")[keep_test]).to(device)
@@ -189,7 +190,7 @@ def train_head(config: HeadConfig, log=None) -> TrainResult:
         "input": get_spec(cfg.dataset).card(),
         "backbone": {"name": cfg.backbone, "weights_sha256": backbone.weights_sha256, "frozen": True,
                      "resolution": cfg.resolution, "features": f"global-average-pooled {backbone.feature_dim}-d",
-                     "views": ["clean", "flip"] if cfg.flip else ["clean"]},
+                     "views": parse_views(cfg.view)},
         "epochs": cfg.epochs, "seed": cfg.seed,
         "training": {"optimizer": "AdamW", "schedule": "OneCycle(pct_start=0.2)",
                      **{key: value for key, value in asdict(cfg).items()

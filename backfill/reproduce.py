@@ -290,6 +290,11 @@ def reproduce(dataset: str, out: str | Path = "docs", data: str | None = None,
     return results
 
 
+def _views_note(views: list[str]) -> str:
+    """`` (clean + flip views)`` for a head that learned from more than the clean train images, else ``""``."""
+    return "" if views == ["clean"] else f" ({' + '.join(views)} views)"
+
+
 def _architecture(card: dict[str, Any]) -> str:
     m = card.get("model", {})
     if m.get("arch") in ("psi", "rho"):
@@ -299,7 +304,7 @@ def _architecture(card: dict[str, Any]) -> str:
     if m.get("arch") == "pretrained":
         scale = f", cosine classifier s = {m['logit_scale']:g}" if m.get("logit_scale") else ""
         return (f"frozen {m['backbone']} ({m['resolution']} px) + head {m['hidden']}->{card.get('embedding_dim')}"
-                f"{scale}{' (flip view)' if 'flip' in card.get('backbone', {}).get('views', []) else ''}")
+                f"{scale}{_views_note(card.get('backbone', {}).get('views', ['clean']))}")
     depth = f"-{m['depth']}" if "depth" in m else ""
     return f"{m.get('arch')}{depth} width {m.get('width')}, dim {card.get('embedding_dim')}"
 

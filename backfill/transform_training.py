@@ -54,33 +54,36 @@ LOSSES = ("regression", "mc")
 
 
 def cache_features(
-    old_model: nn.Module, new_model: nn.Module, data: ImageDataset, views: int = 1, batch_size: int = 256,
-    device: str | torch.device = "cpu", seed: int = 0, progress: bool = True, view: str = "clean",
+    old_model: nn.Module, new_model: nn.Module, data: ImageDataset, augmented_copies: int = 0,
+    batch_size: int = 256, device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
+    view: str = "clean",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Old and new embeddings of every image of ``data`` (computed once, backbones frozen).
 
     One block of rows per view named in ``view`` (:func:`backfill.augmentation.parse_views`: ``"clean"``,
-    ``"flip"``, ``"crop"``, or several joined by ``+``), then ``views - 1`` augmented copies of the first, each
-    fed identically to both models.
+    ``"flip"``, ``"crop"``, or several joined by ``+``), then ``augmented_copies`` randomly augmented copies
+    of the first (:func:`backfill.augmentation.augment_batch`, end-to-end backbones only), each fed
+    identically to both models.
 
     Returns
     -------
     old_feats : float32 ``(rows, d_old)``; new_feats : float32 ``(rows, d_new)``; labels : int64 ``(rows,)``,
-    rows = (number of views named + ``views`` - 1) x N.
+    rows = (number of views named + ``augmented_copies``) x N.
     """
-    if views < 1:
-        raise ValueError(f"views must be >= 1, got {views}")
+    if augmented_copies < 0:
+        raise ValueError(f"augmented_copies must be >= 0, got {augmented_copies}")
     names = parse_views(view)
     olds = [embed_dataset(old_model, data.images, data.name, batch_size=batch_size, device=device,
                           progress=progress, view=name).numpy() for name in names]
     news = [embed_dataset(new_model, data.images, data.name, batch_size=batch_size, device=device,
                           progress=progress, view=name).numpy() for name in names]
-    if views > 1 and "pretrained" in (getattr(old_model, "spec", {}).get("arch"),
+    if augmented_copies and "pretrained" in (getattr(old_model, "spec", {}).get("arch"),
                                       getattr(new_model, "spec", {}).get("arch")):
-        raise ValueError("views > 1 (augmented copies) is for end-to-end backbones; heads on pretrained "
-                         "backbones train on cached clean features")
-    first = to_tensor_uint8(view_images(data.images, names[0], data.name)) if views > 1 else None
-    for copy in tqdm(range(1, views), desc="cache features (views)", disable=not progress or views == 1):
+        raise ValueError("augmented copies are for end-to-end backbones; heads on pretrained backbones "
+                         "train on cached features of fixed views (view='flip', 'crop')")
+    first = to_tensor_uint8(view_images(data.images, names[0], data.name)) if augmented_copies else None
+    for copy in tqdm(range(1, augmented_copies + 1), desc="cache features (augmented copies)",
+                     disable=not progress or not augmented_copies):
         # Each augmented copy is drawn once and fed to both models, so the old/new pair of every row shows
         # the same crop/flip.
         x = augment_batch(first, data.name, generator=torch.Generator().manual_seed(seed * 1000 + copy))
@@ -156,7 +159,8 @@ class TransformConfig:
     regression_weight : weight of the regression term added to L_MC (0 = pure L_MC).
     epochs, batch_size, samples_per_class, lr, weight_decay : AdamW with a cosine learning-rate schedule.
     hidden : psi's hidden width (``None``: ReverseTransform's default).
-    views : cached views per train image, 1 clean + ``views - 1`` augmented (end-to-end backbones only).
+    augmented_copies : randomly augmented copies of every train image, embedded once and cached with the
+        views (end-to-end backbones only).
     view : the train images as psi (and rho) see them: ``"clean"``, ``"flip"`` (mirrored), ``"crop"`` (one
         random padded crop and flip per image), or several joined by ``+`` (one row per image and view). The
         models embed the images they trained on more tightly than unseen ones; mirrored or cropped, those
@@ -179,7 +183,7 @@ class TransformConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     hidden: int | None = None
-    views: int = 1
+    augmented_copies: int = 0
     view: str = "clean"
     seed: int = 0
     device: str = "auto"
@@ -202,8 +206,8 @@ class TransformConfig:
             raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
         if self.loss == "mc" and not 1 < self.samples_per_class <= self.batch_size:
             raise ValueError(f"samples_per_class must be in [2, batch_size], got {self.samples_per_class}")
-        if self.views < 1:
-            raise ValueError(f"views must be >= 1, got {self.views}")
+        if self.augmented_copies < 0:
+            raise ValueError(f"augmented_copies must be >= 0, got {self.augmented_copies}")
         parse_views(self.view)
         return self
 
@@ -334,19 +338,19 @@ def default_rho_path(psi_path: str | os.PathLike) -> Path:
 
 def cached_features(
     old_model: nn.Module, old_card: dict[str, Any], new_model: nn.Module, new_card: dict[str, Any],
-    data: ImageDataset, views: int = 1, seed: int = 0, device: str | torch.device = "cpu",
+    data: ImageDataset, augmented_copies: int = 0, seed: int = 0, device: str | torch.device = "cpu",
     cache: str | os.PathLike | None = None, progress: bool = True, view: str = "clean",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`cache_features`, reusing ``cache`` (an ``.npz``) when it was made from the same weights
-    (SHA-256), dataset split, number of images, views, view and seed; otherwise computing and writing it."""
+    (SHA-256), dataset split, number of images, view, augmented copies and seed; otherwise computing and writing it."""
     key = json.dumps({"old": old_card.get("weights_sha256"), "new": new_card.get("weights_sha256"),
-                      "dataset": data.name, "split": data.split, "n": len(data), "views": views,
+                      "dataset": data.name, "split": data.split, "n": len(data), "augmented_copies": augmented_copies,
                       "seed": seed, **({"view": view} if view != "clean" else {})}, sort_keys=True)
     if cache is not None and Path(cache).is_file():
         with np.load(cache) as z:
             if str(z["key"]) == key:
                 return z["old"], z["new"], z["labels"]
-    old, new, labels = cache_features(old_model, new_model, data, views, device=device, seed=seed,
+    old, new, labels = cache_features(old_model, new_model, data, augmented_copies, device=device, seed=seed,
                                       progress=progress, view=view)
     if cache is not None:  # written whole, then renamed: a lane reading it meanwhile never sees half a file
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
@@ -386,7 +390,7 @@ def train_transform(
         configure_threads(threads)
     train = load_dataset(dataset, "train", data, download)
     old_feats, new_feats, labels = cached_features(
-        old_model, old_card, new_model, new_card, train, cfg.views, cfg.seed, dev, feature_cache, progress,
+        old_model, old_card, new_model, new_card, train, cfg.augmented_copies, cfg.seed, dev, feature_cache, progress,
         view=cfg.view)
     psi, head, history = fit_transform(old_feats, new_feats, labels, replace(cfg, device=str(dev)),
                                        progress=progress)

@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--data", default=None)
     parser.add_argument("--cache", default=None, help="feature cache .npz")
     parser.add_argument("--holdout", type=float, default=0.1)
-    parser.add_argument("--views", type=int, default=1, help="cached views per image (1 clean + augmented)")
+    parser.add_argument("--augmented-copies", type=int, default=0, help="randomly augmented copies per image")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--grid", default="quick", help="quick, full, or a JSON list of configs")
     parser.add_argument("--seed", type=int, default=0)
@@ -90,12 +90,12 @@ def main() -> None:
     old_model, old_card = load_checkpoint(args.old, expect={"kind": "old"})
     new_model, new_card = load_checkpoint(args.new, expect={"kind": ("new", "bct")})
     train = load_dataset(args.dataset, "train", args.data)
-    old, new, labels = cached_features(old_model, old_card, new_model, new_card, train, views=args.views,
-                                       cache=args.cache)
+    old, new, labels = cached_features(old_model, old_card, new_model, new_card, train,
+                                       augmented_copies=args.augmented_copies, cache=args.cache)
     n = len(train)
     fit_idx, val_idx = holdout_split(labels[:n], args.holdout, args.seed)
-    # Rows v * n + i are view v of image i: train on every view of the kept images, score clean views only.
-    fit_idx = np.concatenate([fit_idx + v * n for v in range(args.views)])
+    # Rows v * n + i are copy v of image i (0: clean): train on every copy of the kept images, score clean ones.
+    fit_idx = np.concatenate([fit_idx + v * n for v in range(1 + args.augmented_copies)])
     order = random_order(len(val_idx), seed=args.seed)
     configs = grid(args.grid) if args.grid in ("quick", "full") else json.loads(args.grid)
     rows = []

@@ -142,7 +142,7 @@ def test_heads_train_on_cached_features_and_form_a_suite(tiny_cifar, feature_cac
     old = train_head(HeadConfig(kind="old", out=str(suite / "old.pt"), **common), log=lambda m: None)
     assert old.card["num_classes"] == 50 and old.card["backbone"]["name"] == "efficientnet_lite0"
     assert old.card["backbone"]["resolution"] == 32 and old.card["training"]["train_images"] == 200
-    train_head(HeadConfig(kind="new", out=str(suite / "new.pt"), flip=True, **common), log=lambda m: None)
+    train_head(HeadConfig(kind="new", out=str(suite / "new.pt"), view="clean+flip", **common), log=lambda m: None)
     bct = train_head(HeadConfig(kind="bct", out=str(suite / "bct.pt"), old=str(suite / "old.pt"), **common),
                      log=lambda m: None)
     assert "old_classifier_test_acc" in bct.card["metrics"]
@@ -189,3 +189,34 @@ def test_cli_trains_a_head_and_refuses_options_of_other_models(tiny_cifar, featu
     assert main(["train", "new", "--dataset", "cifar100", "--data", str(tiny_cifar), "--logit-scale", "8",
                  "--out", str(tmp_path / "new.pt")]) == 2
     assert "--logit-scale is an option of --backbone" in capsys.readouterr().err
+    assert main(["train", "new", "--dataset", "cifar100", "--data", str(tiny_cifar), "--view", "clean+flip",
+                 "--out", str(tmp_path / "new.pt")]) == 2
+    assert "--view is an option of --backbone" in capsys.readouterr().err
+    assert main([*base, "--view", "clean+blur"]) == 2
+    assert "unknown view 'blur'" in capsys.readouterr().err
+
+
+def test_cli_features_caches_each_view_once_and_names_bad_input(tiny_cifar, feature_cache, capsys):
+    from backfill.cli import main
+
+    base = ["features", "--dataset", "cifar100", "--data", str(tiny_cifar), "--backbone", "efficientnet_lite0",
+            "--resolution", "32", "--no-progress"]
+    assert main([*base, "--view", "clean+flip"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(line.endswith("400 x 1280 (computed)") for line in lines)
+    assert ["clean view of the train split" in lines[0], "flip view" in lines[1]] == [True, True]
+    cached = sorted(feature_cache.glob("*.npy"))
+    assert [p.name.split("_w")[0] for p in cached] == ["efficientnet_lite0_32px_clean", "efficientnet_lite0_32px_flip"]
+    # The heads read exactly these files: the same features, not recomputed.
+    images = np.load(tiny_cifar / "train.npz")["images"]
+    np.testing.assert_array_equal(np.load(cached[1]), dataset_features("efficientnet_lite0", images, resolution=32,
+                                                                       view="flip"))
+    assert main([*base, "--view", "flip", "--split", "test"]) == 0
+    assert capsys.readouterr().out.strip().endswith("flip view of the test split, 200 x 1280 (computed)")
+    assert main([*base, "--view", "flip"]) == 0
+    assert capsys.readouterr().out.strip().endswith("(cached already)")
+    assert main([*base, "--view", "flip+blur"]) == 2
+    assert capsys.readouterr().err.strip() == ("backfill features: error: unknown view 'blur'; expected one of clean, "
+                                               "flip, crop, or several joined by '+'")
+    assert main(["features", "--dataset", "fashion_mnist", "--backbone", "efficientnet_lite0", "--split", "test"]) == 2
+    assert "needs RGB images" in capsys.readouterr().err

@@ -132,7 +132,7 @@ def test_cache_features_pairs_views():
                         ["a", "b"], "fashion_mnist", "train")
     torch.manual_seed(0)
     model = SmallCNN(width=4, embedding_dim=8, num_classes=2)
-    old, new, labels = cache_features(model, model, data, views=2, batch_size=4, progress=False)
+    old, new, labels = cache_features(model, model, data, augmented_copies=1, batch_size=4, progress=False)
     assert old.shape == new.shape == (12, 8) and old.dtype == np.float32
     assert labels.tolist() == data.labels.tolist() * 2
     # Same model, same augmentation draws: the old and new features of each view coincide.

@@ -39,8 +39,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--hidden", type=int, default=None, help="--backbone: hidden width of the head (default 512)")
     g.add_argument("--logit-scale", type=float, default=None,
                    help="--backbone: scale s of the cosine classifier, logits = s cos (default 8)")
-    g.add_argument("--flip", action="store_true",
-                   help="--backbone: also train on the features of mirrored images (a second cached view)")
+    g.add_argument("--view", default=None, metavar="VIEW[+VIEW]",
+                   help="--backbone: the views of the train images the head learns from, each image's picked per "
+                        "epoch at random: clean, flip (mirrored), crop, or several joined by '+' (default clean)")
     g = common.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=None,
                    help="default: 15 (cifar100), 5 (fashion_mnist); 60 with --backbone")
@@ -77,7 +78,7 @@ def _run_train_backbone(args: argparse.Namespace) -> int:
 
     if args.backbone:
         return _run_train_head(args)
-    for flag in ("resolution", "hidden", "logit_scale"):
+    for flag in ("resolution", "hidden", "logit_scale", "view"):
         if getattr(args, flag) is not None:
             raise ValueError(f"--{flag.replace('_', '-')} is an option of --backbone")
     cfg = TrainConfig(
@@ -103,7 +104,7 @@ def _run_train_head(args: argparse.Namespace) -> int:
         kind=args.train_kind, backbone=args.backbone, dataset=args.dataset, out=args.out, data=args.data,
         download=args.download, classes=args.classes, old=getattr(args, "old", None),
         resolution=args.resolution, hidden=args.hidden, logit_scale=args.logit_scale, dim=args.dim, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.head_weight_decay, flip=args.flip,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.head_weight_decay, view=args.view,
         label_smoothing=args.label_smoothing, bct_weight=getattr(args, "bct_weight", None), seed=args.seed,
         device=args.device, threads=args.threads, progress=not args.no_progress,
         command=command_line(args),
@@ -148,13 +149,13 @@ def _add_train_transform(sub: argparse._SubParsersAction) -> None:
                    help="keep the K hardest negatives per anchor, 0 = all (default: all)")
     p.add_argument("--regression-weight", type=float, default=None,
                    help="weight of the regression term added to L_MC (default 1)")
-    p.add_argument("--views", type=int, default=1,
-                   help="cached views per train image: 1 clean + (views-1) augmented (default 1)")
     p.add_argument("--view", default="clean", metavar="VIEW[+VIEW]",
                    help="the train images as psi/rho see them: clean, flip (mirrored), crop (a random padded crop "
                         "and flip per image), or several joined by '+', one row per image and view (default "
                         "clean; the altered views are embedded as loosely as unseen images, not as tightly as "
                         "the images the models trained on)")
+    p.add_argument("--augmented-copies", type=int, default=0, metavar="N",
+                   help="end-to-end models: also N randomly augmented copies of every train image (default 0)")
     p.add_argument("--feature-cache", metavar="FEATS.npz", default=None,
                    help="reuse/write the cached features here (checked against the weights' SHA-256)")
     p.add_argument("--epochs", type=int, default=None, help="default 15")
@@ -181,8 +182,8 @@ def _run_train_transform(args: argparse.Namespace) -> int:
     options = {"temperature": args.temperature, "regression_weight": args.regression_weight,
                "rho_anchor": args.rho_anchor,
                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "hidden": args.hidden}
-    config = TransformConfig(loss=args.loss, denominator=args.denominator, rho=args.rho, views=args.views,
-                             view=args.view, seed=args.seed, device=args.device,
+    config = TransformConfig(loss=args.loss, denominator=args.denominator, rho=args.rho, view=args.view,
+                             augmented_copies=args.augmented_copies, seed=args.seed, device=args.device,
                              **{key: value for key, value in options.items() if value is not None})
     if args.hard_negatives is not None:
         config = replace(config, hard_negatives=args.hard_negatives or None)  # 0 = all negatives
