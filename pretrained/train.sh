@@ -2,8 +2,8 @@
 # How the shipped weights were made: `bash pretrained/train.sh fashion_mnist` and
 # `BACKFILL_CIFAR100=../shared/data/cifar100 bash pretrained/train.sh cifar100`.
 # Each step writes <name>.pt plus its JSON card (which records the exact command) into
-# pretrained/<dataset>/<setting>/ and logs its wall time. Stages (all: every one in turn; cifar100: features,
-# models, and ablation alone) are resumable: a finished checkpoint is not trained again.
+# pretrained/<dataset>/<setting>/ and logs its wall time. Stages (all: every one in turn; cifar100: also
+# ablation alone) are resumable: a finished checkpoint is not trained again, cached features are not recomputed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dataset=${1:?usage: train.sh fashion_mnist|cifar100 [stage]}
@@ -57,8 +57,8 @@ case "$dataset" in
     ;;
   cifar100)
     # Heads on frozen ImageNet-pretrained EfficientNet-Lite backbones. Every process runs one thread, two side
-    # by side: on 2 cores two processes of one thread extract 17-34% more images/s than one of two
-    # (benchmarks/README.md), and the small heads gain little from a second thread.
+    # by side: on 2 cores two processes of one thread extract 17-21% more images/s than one process of two
+    # (benchmarks/backbone_speed.py, benchmarks/README.md).
     d=pretrained/cifar100/homogeneous    # old Lite0 (classes 0-49) -> new Lite0 (all classes)
     h=pretrained/cifar100/heterogeneous  # old Lite0 (classes 0-49) -> new Lite2 (all classes)
     lite0=(--backbone efficientnet_lite0 --threads 1); lite2=(--backbone efficientnet_lite2 --threads 1)
@@ -75,24 +75,26 @@ case "$dataset" in
     # new/new, where on the mirrored ones alone it ends below (sweep_psi_views.py, benchmarks/README.md).
     rho_options=(--view flip+crop)
     ablation=(ablation/psi_mc_old ablation/psi_mc_new ablation/psi_mc_separate)
-    stages=(features models)
-    features_stage() {  # both backbones' features of every view the recipe reads: Lite0's lane, Lite2's lane
+    stages=(all)
+    # Two lanes of one process each. First each backbone's features (Lite0's lane also computes Lite2's
+    # features of the small test split, then trains the homogeneous heads, while Lite2's lane is still
+    # extracting); then psi / rho, the heterogeneous heads and the ablation. Step times of the from-scratch run
+    # (s): features Lite0 train 1794, Lite0 test 130, Lite2 test 168, Lite2 train 2407; heads 65-126; psi
+    # 102-170 alone, 410-420 with rho (twice the rows); ablation 160-191. So each part's lanes end within 2 min
+    # of each other: about 58 min in all.
+    all_stage() {
       { features efficientnet_lite0 train clean+flip+crop; features efficientnet_lite0 test clean
-        features efficientnet_lite2 test clean; } & local lane=$!
+        features efficientnet_lite2 test clean
+        train old "$d/old.pt" --classes 50 "${lite0[@]}"
+        train new "$d/new.pt" "${lite0[@]}"; train bct "$d/bct.pt" --old "$d/old.pt" "${lite0[@]}"; } & local lane=$!
       features efficientnet_lite2 train clean+flip+crop
       wait "$lane"
-    }
-    models_stage() {  # the heads, then psi / rho, in two lanes of about the same length
-      train old "$d/old.pt" --classes 50 "${lite0[@]}" & local lane=$!
-      train new "$h/new.pt" "${lite2[@]}"
-      wait "$lane"
       # The old model is the same in both settings: the heterogeneous suite gets a copy of it.
-      [ -f "$h/old.pt" ] || { cp "$d/old.pt" "$h/old.pt"; cp "$d/old.json" "$h/old.json"; }
-      { train new "$d/new.pt" "${lite0[@]}"; train bct "$d/bct.pt" --old "$d/old.pt" "${lite0[@]}"
-        transforms "$d" psi_regression psi_mc psi_mc_rho "${ablation[0]}"; } & lane=$!
-      train bct "$h/bct.pt" --old "$h/old.pt" "${lite2[@]}"
+      mkdir -p "$h"; [ -f "$h/old.pt" ] || { cp "$d/old.pt" "$h/old.pt"; cp "$d/old.json" "$h/old.json"; }
+      transforms "$d" psi_regression psi_mc psi_mc_rho "${ablation[@]:0:2}" & lane=$!
+      train new "$h/new.pt" "${lite2[@]}"; train bct "$h/bct.pt" --old "$h/old.pt" "${lite2[@]}"
       transforms "$h" psi_regression psi_mc psi_mc_rho
-      transforms "$d" "${ablation[@]:1}"  # by now the other lane has cached the homogeneous suite's features
+      transforms "$d" "${ablation[2]}"  # by now the other lane has cached the homogeneous suite's features
       wait "$lane"
     }
     ablation_stage() { transforms "$d" "${ablation[@]}"; }
@@ -100,7 +102,7 @@ case "$dataset" in
   *) echo "unknown dataset $dataset" >&2; exit 2 ;;
 esac
 case "$stage" in
-  all) for name in "${stages[@]}"; do "${name}_stage"; done ;;
+  all) for name in "${stages[@]}"; do "${name}_stage"; done ;;  # cifar100: all_stage
   *) declare -F "${stage}_stage" >/dev/null || {
        echo "unknown stage $stage ($(declare -F | sed -n 's/.* \(.*\)_stage$/\1/p' | tr '\n' ' ')or all)" >&2; exit 2; }
      "${stage}_stage" ;;
