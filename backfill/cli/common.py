@@ -12,5 +12,6 @@ def command_line(args: argparse.Namespace) -> str:
     """The command as typed, for the cards of what it writes."""
     return "backfill " + " ".join(args.argv)
 
+
 #: Backbone names of ``--backbone`` (``backfill.backbones.BACKBONES``'s keys, kept here for the same reason).
 BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite2")
