@@ -10,6 +10,7 @@ per query. An :class:`Order` says which gallery items are backfilled first.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,7 +87,8 @@ def get_method(name: str) -> Method:
 @dataclass(frozen=True)
 class Order:
     """A backfill order. ``deployable``: computable by a running service (from stored old embeddings and the
-    old model only); ``needs_training_data``: it also needs the old model's training images."""
+    models only, before any new embedding of the gallery); ``needs_training_data``: it also needs the training
+    images (the old model's for ``old_centroid``, both models' with labels for ``predicted_gain``)."""
 
     name: str
     label: str
@@ -102,6 +104,9 @@ ORDERS: tuple[Order, ...] = (
           "softmax): they gain most from the new model."),
     Order("old_centroid", "deployable: far from the old classes first", True, True,
           "Items far from every old-class centroid (old space, from the old model's training images) go first."),
+    Order("predicted_gain", "deployable: largest predicted gain first", True, True,
+          "Items for which a small network, fitted on training images where both models and the labels are "
+          "known, predicts from the stored old embedding the largest gain from the new model go first."),
     Order("oracle", "oracle (peeks at new embeddings; reference only)", False, False,
           "Items whose old embedding ranks worst against their new one go first: uses labels and new "
           "embeddings, an upper bound only."),
@@ -122,11 +127,14 @@ def get_order(name: str) -> Order:
 
 
 def make_order(name: str, gallery: Embeddings, *, suite=None, seed: int = 0,
-               old_centroids: np.ndarray | None = None) -> np.ndarray:
+               old_centroids: np.ndarray | None = None,
+               gain_predictor: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """The backfill order ``name`` of ``gallery`` as an int64 permutation ``(N,)``.
 
     ``suite`` (its old classifier) is needed by ``old_entropy``; ``old_centroids`` ``(C, d_old)`` by
-    ``old_centroid``; ``oracle`` reads ``gallery.labels`` and ``gallery.new``.
+    ``old_centroid``; ``gain_predictor`` (old embeddings ``(N, d_old)`` -> priorities ``(N,)``, e.g.
+    :meth:`backfill.gain_prediction.GainPredictor.priority`) by ``predicted_gain``; ``oracle`` reads
+    ``gallery.labels`` and ``gallery.new``.
     """
     name = get_order(name).name
     if name == "random":
@@ -139,4 +147,8 @@ def make_order(name: str, gallery: Embeddings, *, suite=None, seed: int = 0,
         if old_centroids is None:
             raise ValueError("the old_centroid order needs old-class centroids (from training images)")
         return order_by_score(nearest_centroid_priority(gallery.old, old_centroids))
+    if name == "predicted_gain":
+        if gain_predictor is None:
+            raise ValueError("the predicted_gain order needs a gain predictor (fitted on training images)")
+        return order_by_score(gain_predictor(gallery.old))
     return order_by_score(oracle_priority(gallery.old, gallery.new, gallery.labels))

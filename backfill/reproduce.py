@@ -8,10 +8,11 @@ the ablation checkpoints exist, the metric-compatible loss ablation, then writes
 
 Choices this module makes (method.md leaves them open):
 
-* Orders. ``random`` (seeded, the paper's) for every method. Two *deployable* orders computed from stored
+* Orders. ``random`` (seeded, the paper's) for every method. Three *deployable* orders computed from stored
   old embeddings only (:mod:`backfill.ordering`): ``old_centroid`` (distance to the nearest old-class
-  centroid; centroids from the old model's training classes, 100 train images per class) and
-  ``old_entropy`` (entropy of the old classifier on the stored old embedding). The *oracle* order peeks at
+  centroid; centroids from the old model's training classes, 100 train images per class), ``old_entropy``
+  (entropy of the old classifier on the stored old embedding) and ``predicted_gain``
+  (:mod:`backfill.gain_prediction`, fitted on the mirrored and cropped train images). The *oracle* order peeks at
   new embeddings and labels (upper bound only). The best-order rows use the full method with the highest
   random-order AUC-mAP (``full_rho`` when it beats ``full``) and report every deployable order; "best" is
   picked on the test split itself, which the note in ``results.md`` says.
@@ -33,9 +34,10 @@ import torch
 from tqdm import tqdm
 
 from .checkpoints import load_checkpoint
-from .datasets import load_dataset, per_class_indices
+from .datasets import ImageDataset, load_dataset, per_class_indices
 from .embeddings import Embeddings
 from .evaluation import Curve, curve_points, evaluate_curve
+from .gain_prediction import fit_gain_predictor
 from .images import preprocess
 from .inference import embed_dataset, embed_images
 from .methods import METHODS, ORDERS, Method, make_order
@@ -48,12 +50,14 @@ from .suite import ModelSuite
 from .transform_training import default_rho_path
 
 __all__ = ["SETTINGS", "ABLATION_VARIANTS", "evaluate_setting", "measure_query_cost", "old_class_centroids",
-           "reproduce", "write_markdown", "write_model_cards"]
+           "order_inputs", "reproduce", "write_markdown", "write_model_cards"]
 
 SETTINGS = ("homogeneous", "heterogeneous")
 #: Ablation checkpoints: ``<setting dir>/ablation/psi_mc_<variant>.pt``; ``joint`` is the suite's psi_mc.
 ABLATION_VARIANTS = ("joint", "old", "new", "separate")
 CENTROID_IMAGES_PER_CLASS = 100
+#: Views of the train images the ``predicted_gain`` order learns from (not the clean ones the heads fit).
+GAIN_PREDICTOR_VIEWS = ("flip", "crop")
 
 
 def _median_seconds(calls: dict[str, Callable[[], Any]], repeats: int = 30) -> dict[str, float]:
@@ -98,10 +102,11 @@ def measure_query_cost(suite: ModelSuite, image: np.ndarray, repeats: int = 30) 
     return {"new": 1.0, **costs}
 
 
-def old_class_centroids(suite: ModelSuite, data: str | None, seed: int = 0) -> np.ndarray:
+def old_class_centroids(suite: ModelSuite, data: str | None, seed: int = 0, *,
+                        train: ImageDataset | None = None) -> np.ndarray:
     """Old-space centroids ``(C_old, d_old)`` of the old model's classes, from ``CENTROID_IMAGES_PER_CLASS``
-    training images of each (the ``old_centroid`` order's input)."""
-    train = load_dataset(suite.dataset, "train", root=data)
+    training images of each (the ``old_centroid`` order's input); ``train``: the train split, if loaded."""
+    train = load_dataset(suite.dataset, "train", root=data) if train is None else train
     old_class_rows = np.flatnonzero(np.isin(train.labels, suite.old_classes))
     rows = old_class_rows[per_class_indices(train.labels[old_class_rows], CENTROID_IMAGES_PER_CLASS, seed)]
     if getattr(suite.old, "spec", {}).get("arch") == "pretrained":  # cached backbone features of the split
@@ -109,6 +114,19 @@ def old_class_centroids(suite: ModelSuite, data: str | None, seed: int = 0) -> n
     else:
         train_old = embed_images(suite.old, train.images[rows], suite.dataset)
     return class_centroids(train_old, train.labels[rows])[1]
+
+
+def order_inputs(suite: ModelSuite, data: str | None, seed: int = 0) -> dict[str, Any]:
+    """What the orders that need training data take (:func:`backfill.methods.make_order`'s keywords):
+    ``old_centroids`` and ``gain_predictor``, fitted on the ``GAIN_PREDICTOR_VIEWS`` of every train image
+    (for a pretrained backbone: the cached features ``pretrained/train.sh`` computes)."""
+    train = load_dataset(suite.dataset, "train", root=data)
+    embedded = {side: np.concatenate([embed_dataset(model, train.images, suite.dataset, view=view).numpy()
+                                      for view in GAIN_PREDICTOR_VIEWS])
+                for side, model in (("old", suite.old), ("new", suite.new))}
+    labels = np.tile(train.labels, len(GAIN_PREDICTOR_VIEWS))
+    predictor = fit_gain_predictor(embedded["old"], embedded["new"], labels, seed=seed)
+    return {"old_centroids": old_class_centroids(suite, data, seed, train=train), "gain_predictor": predictor.priority}
 
 
 def _row(curve: Curve, old: Curve, new_map: float, cost: float | None) -> dict[str, Any]:
@@ -158,12 +176,11 @@ def evaluate_setting(suite: ModelSuite, images: np.ndarray, labels: np.ndarray, 
     ablation checkpoints exist and ``"_meta"`` (reference values, orders, sizes).
     """
     pts = curve_points() if points is None else np.asarray(points, dtype=np.float64)
-    centroids = old_class_centroids(suite, data, seed)  # first: it reads the train split, which may be missing
+    inputs = order_inputs(suite, data, seed)  # first: it reads the train split, which may be missing
     variants = suite.embed(images, labels=labels, progress=progress, whole_split=True)
     base = variants["base"]
     n = base.n
-    orders = {order.name: make_order(order.name, base, suite=suite, seed=seed, old_centroids=centroids)
-              for order in ORDERS}
+    orders = {order.name: make_order(order.name, base, suite=suite, seed=seed, **inputs) for order in ORDERS}
     costs = measure_query_cost(suite, images[0])
 
     def run(strategy: str, emb: Embeddings, order: str, at: np.ndarray = pts) -> Curve:

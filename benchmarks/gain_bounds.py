@@ -19,7 +19,8 @@ backfill it can do no better than the old gallery embeddings allow. This script 
 
     python benchmarks/gain_bounds.py --suite pretrained/cifar100/homogeneous --data ../shared/data/cifar100
 
-Needs the suite's psi_mc; the backbone features come from the feature cache (computed once otherwise).
+Needs the suite's psi_mc (``--variant full_rho``: psi_mc_rho and rho_mc); the backbone features come from the
+feature cache (computed once otherwise).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from backfill.evaluation import evaluate_curve
 from backfill.methods import ORDERS, make_order
 from backfill.metrics import average_precision, relative_gain
 from backfill.ordering import class_centroids, order_by_score, random_order
-from backfill.reproduce import old_class_centroids
+from backfill.reproduce import order_inputs
 from backfill.suite import ModelSuite
 
 
@@ -110,6 +111,8 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="dataset root (default: the dataset's usual place)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", choices=["full", "full_rho"], default="full",
+                        help="psi_mc, or psi_mc_rho with rho (new/new stays the new model's own)")
     parser.add_argument("--calibration-queries", type=int, default=1500,
                         help="queries sampled for the per-space calibration check (0: skip it)")
     args = parser.parse_args()
@@ -117,9 +120,10 @@ def main() -> None:
     suite = ModelSuite.load(args.suite)
     split = load_dataset(suite.dataset, args.split, root=args.data)
     variants = suite.embed(split.images, labels=split.labels, progress=True, whole_split=True)
-    if "full" not in variants:
-        parser.error(f"{args.suite} has no psi_mc: the full method cannot run")
-    full = variants["full"]
+    if args.variant not in variants:
+        parser.error(f"{args.suite} has no {'psi_mc' if args.variant == 'full' else 'psi_mc_rho'}: "
+                     f"the {args.variant} method cannot run")
+    full = variants[args.variant]
     labels = full.labels
     n = full.n
     unseen = ~np.isin(labels, suite.old_classes)
@@ -135,7 +139,8 @@ def main() -> None:
         "old/old": per_query("old", full, random, 0.0),
         "full at 0% (psi(new query) vs old gallery)": per_query("rt_merge", full, random, 0.0),
         "class-centroid query vs old gallery (label oracle)": per_query("old", oracle_queries, random, 0.0),
-        "new/new": per_query("new", full, random, 1.0),
+        "new/new": evaluate_curve("new", variants["base"], variants["base"], random, points=[1.0],
+                                  leave_one_out=True).ap[:, 0],
     }
     print(f"\n{args.suite}, {suite.dataset} {args.split} ({n} images; {int(unseen.sum())} of classes the old "
           "model never saw): mAP %, leave-one-out")
@@ -145,11 +150,9 @@ def main() -> None:
 
     old_map, new_map = np.nanmean(rows["old/old"]), np.nanmean(rows["new/new"])
     at_zero = np.nanmean(rows["full at 0% (psi(new query) vs old gallery)"])
+    inputs = order_inputs(suite, args.data, args.seed)
     orders = {f"{o.name}{'' if o.deployable else ' (not deployable)'}":
-              make_order(o.name, full, suite=suite, seed=args.seed,
-                         old_centroids=old_class_centroids(suite, args.data, args.seed)
-                         if o.needs_training_data else None)
-              for o in ORDERS}
+              make_order(o.name, full, suite=suite, seed=args.seed, **inputs) for o in ORDERS}
     # Two other deployable uncertainty scores of the old classifier (the old_entropy order uses its entropy).
     logits = full.old.astype(np.float64) @ suite.old.logit_layer().weight.double().numpy().T
     orders["max old-class cosine, lowest first"] = order_by_score(-logits.max(axis=1))
@@ -157,7 +160,7 @@ def main() -> None:
         -np.logaddexp.reduce(logits, axis=1))
     tiebreak = np.random.default_rng(args.seed).random(n)
     orders["never-seen classes first (label oracle)"] = order_by_score(unseen + 0.5 * tiebreak)
-    print(f"\nFull method (rt_merge on psi_mc), relative gain; old/old {100 * old_map:.1f}, new/new "
+    print(f"\nFull method (rt_merge on {args.variant}), relative gain; old/old {100 * old_map:.1f}, new/new "
           f"{100 * new_map:.1f}, full at 0% {100 * at_zero:.1f}")
     print("| backfill order | rel. gain | ROC AUC: never-seen classes early |\n|---|---|---|")
     line = 0.5 + 0.5 * (at_zero - old_map) / (new_map - old_map)

@@ -58,7 +58,7 @@ def test_every_method_and_order_is_reported(results):
     expected = {"new", "old", "offline", "new_partial", "bct", "rank_merge", "rt_merge", "full", "full_rho"}
     assert expected <= set(rows)
     best = [name for name in rows if "@" in name]
-    assert {name.split("@")[1] for name in best} == {"old_centroid", "old_entropy", "oracle"}
+    assert {name.split("@")[1] for name in best} == {"old_centroid", "old_entropy", "predicted_gain", "oracle"}
     for name, row in rows.items():
         if name.startswith("_"):
             continue
