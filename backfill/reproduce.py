@@ -247,8 +247,9 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
            "ratio; query cost = measured model forward time per query relative to one new-model forward",
            "(a timing: it moves by a few % between runs; every other number is reproduced exactly).",
            "Rows `..., <order> order` use the best full method with another backfill order; the deployable",
-           "orders (`old_centroid`, `old_entropy`) use stored old embeddings only, `oracle` peeks at new",
-           "embeddings and labels (upper bound). The best deployable order is picked on this same split.", ""]
+           "orders (`old_entropy`, `old_centroid`, `predicted_gain`) rank the gallery by its stored old",
+           "embeddings (the last two fitted on train images), `oracle` peeks at new embeddings and labels",
+           "(upper bound). The best deployable order is picked on this same split.", ""]
     for dataset, settings in results.items():
         for setting, rows in settings.items():
             meta = rows.get("_meta", {})
