@@ -41,12 +41,8 @@ class GainPredictor(nn.Module):
     def priority(self, old: np.ndarray) -> np.ndarray:
         """Backfill priority ``(n,)`` float64 of stored old embeddings ``(n, d_old)``: the largest predicted
         gain first once fed to :func:`backfill.ordering.order_by_score`."""
-        emb = check_matrix(old, "old")
-        was_training = self.training
-        self.eval()
-        scores = self(torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))).double().numpy()
-        self.train(was_training)
-        return scores
+        # No dropout or batch norm: train and eval mode compute the same function.
+        return self(torch.from_numpy(np.ascontiguousarray(check_matrix(old, "old")))).double().numpy()
 
 
 def fit_gain_predictor(old: np.ndarray, new: np.ndarray, labels: np.ndarray, *, hidden: int = 256,
@@ -58,18 +54,17 @@ def fit_gain_predictor(old: np.ndarray, new: np.ndarray, labels: np.ndarray, *, 
     spread = target.std()
     if not spread > 0:
         raise ValueError("the training rows' margin gains are all equal: nothing to learn an order from")
-    x = torch.from_numpy(np.ascontiguousarray(check_matrix(old, "old"), dtype=np.float32))
+    x = torch.from_numpy(np.ascontiguousarray(check_matrix(old, "old")))
     y = torch.from_numpy(((target - target.mean()) / spread).astype(np.float32))
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = GainPredictor(x.shape[1], hidden)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    model.train()
     for _ in range(epochs):
         for batch in torch.randperm(len(x), generator=generator).split(batch_size):
             loss = nn.functional.mse_loss(model(x[batch]), y[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    return model.eval()
+    return model

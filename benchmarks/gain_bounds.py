@@ -8,7 +8,8 @@ backfill it can do no better than the old gallery embeddings allow. This script 
   a label oracle that queries the old gallery with the old-space centroid of the query's own class (one
   query vector that knows the answer: what the old gallery can give a single query);
 - the relative gain of the full method with each backfill order, the random order's gain predicted by a
-  straight line from its 0% to its 100% point (gain = 1/2 + 1/2 (full at 0% - old/old) / (new/new - old/old)),
+  straight line from its 0% to its 100% point (gain = ((full at 0% + full at 100%) / 2 - old/old) / (new/new -
+  old/old); full at 100% is new/new without rho, above it with),
   two more deployable uncertainty scores of the old classifier (lowest top cosine, energy), a label oracle
   order that backfills every item of a class the old model never saw first, and, for each
   order, how well its first half picks out those items (ROC AUC of the order's rank);
@@ -163,7 +164,8 @@ def main() -> None:
     print(f"\nFull method (rt_merge on {args.variant}), relative gain; old/old {100 * old_map:.1f}, new/new "
           f"{100 * new_map:.1f}, full at 0% {100 * at_zero:.1f}")
     print("| backfill order | rel. gain | ROC AUC: never-seen classes early |\n|---|---|---|")
-    line = 0.5 + 0.5 * (at_zero - old_map) / (new_map - old_map)
+    at_end = np.nanmean(per_query("rt_merge", full, random, 1.0))  # new/new, or rho's end above it
+    line = ((at_zero + at_end) / 2 - old_map) / (new_map - old_map)
     print(f"| random, straight line from 0% to 100% (prediction) | {100 * line:.1f}% | - |")
     for name, order in orders.items():
         curve = evaluate_curve("rt_merge", full, full, order, leave_one_out=True)
