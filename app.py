@@ -142,7 +142,12 @@ def sidebar() -> dict:
     models_dir = st.sidebar.expander("Advanced").text_input(
         "Model directory", override or str(ex.default_models_dir(dataset, setting)), key=f"models_{dataset}_{setting}")
     st.sidebar.header("Backfilling")
-    order = st.sidebar.radio("Backfill order", ex.APP_ORDERS, format_func=lambda o: get_order(o).label, key="order")
+    orders = ex.available_orders(models_dir)
+    if st.session_state.get("order") not in orders:  # e.g. predicted_gain, then a suite without its predictor
+        st.session_state["order"] = WIDGET_DEFAULTS["order"]
+    order = st.sidebar.radio("Backfill order", orders, format_func=lambda o: get_order(o).label, key="order",
+                             help="Which gallery items the backfill re-embeds first. The deployable ones need only "
+                                  "the stored old embeddings; the oracle peeks at the new ones.")
     k = st.sidebar.slider("Top-k shown", 1, 20, key="k")
     return {"dataset": dataset, "setting": setting, "data_root": data_root, "models_dir": models_dir,
             "order": order, "k": k}

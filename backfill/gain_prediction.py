@@ -10,18 +10,36 @@ gain on the old embedding alone, so the gallery's stored old embeddings are enou
 The training rows are mirrored and randomly cropped views of the training images (``backfill.augmentation``),
 not the clean images: the heads fit those almost perfectly, so their margins say little about unseen images.
 On CIFAR-100 this order passes on more of the gain than the old classifier's entropy (``docs/results.md``).
+
+:func:`train_gain_predictor` fits one for an old/new checkpoint pair and writes it as a checkpoint with its card
+(``backfill train gain-predictor``); a suite holds it as ``gain_predictor.pt``, so the app and the live job
+order a gallery with it without the training images.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from backfill._validation import check_matrix
+from backfill.checkpoints import load_checkpoint, save_checkpoint
+from backfill.datasets import load_dataset
+from backfill.inference import embed_dataset
 from backfill.ordering import oracle_priority
+from backfill.training import configure_threads
+from backfill.transform_training import cache_features, model_record
 
-__all__ = ["GainPredictor", "fit_gain_predictor"]
+__all__ = ["GainPredictor", "fit_gain_predictor", "train_gain_predictor", "GAIN_PREDICTOR_VIEW"]
+
+#: The views of the train images the predictor learns from (``backfill.augmentation.parse_views``), one row per
+#: image and view: mirrored and cropped ones are embedded as loosely as unseen images
+#: (``benchmarks/sweep_gain_predictor.py``).
+GAIN_PREDICTOR_VIEW = "flip+crop"
 
 
 class GainPredictor(nn.Module):
@@ -32,6 +50,7 @@ class GainPredictor(nn.Module):
         super().__init__()
         if d_old < 1 or hidden < 1:
             raise ValueError(f"d_old and hidden must be >= 1, got {d_old} and {hidden}")
+        self.spec = {"arch": "gain", "d_old": d_old, "hidden": hidden}
         self.net = nn.Sequential(nn.Linear(d_old, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, old: torch.Tensor) -> torch.Tensor:
@@ -42,7 +61,8 @@ class GainPredictor(nn.Module):
         """Backfill priority ``(n,)`` float64 of stored old embeddings ``(n, d_old)``: the largest predicted
         gain first once fed to :func:`backfill.ordering.order_by_score`."""
         # No dropout or batch norm: train and eval mode compute the same function.
-        return self(torch.from_numpy(np.ascontiguousarray(check_matrix(old, "old")))).double().numpy()
+        x = torch.from_numpy(np.ascontiguousarray(check_matrix(old, "old")))
+        return self(x.to(self.net[0].weight.device)).double().cpu().numpy()
 
 
 def fit_gain_predictor(old: np.ndarray, new: np.ndarray, labels: np.ndarray, *, hidden: int = 256,
@@ -68,3 +88,50 @@ def fit_gain_predictor(old: np.ndarray, new: np.ndarray, labels: np.ndarray, *, 
             loss.backward()
             optimizer.step()
     return model
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two ``(n,)`` vectors (no ties expected: float scores)."""
+    ranks = [np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(np.float64) for x in (a, b)]
+    return float(np.corrcoef(*ranks)[0, 1])
+
+
+def train_gain_predictor(
+    old: str | os.PathLike, new: str | os.PathLike, out: str | os.PathLike, *, dataset: str | None = None,
+    data: str | os.PathLike | None = None, download: bool = False, view: str = GAIN_PREDICTOR_VIEW,
+    hidden: int = 256, epochs: int = 20, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
+    threads: int | None = None, command: str | None = None, progress: bool = True,
+) -> dict[str, Any]:
+    """Fit a :class:`GainPredictor` for the old/new checkpoints ``old``/``new`` on ``view`` of the dataset's
+    train split and write it to ``out`` (kind ``gain_predictor``) with its card, which records the checkpoints
+    it was fitted against (checked by ``ModelSuite.load``). The card's metrics: the training rows' mean squared
+    error (standardised target) and, on the test split, the rank correlation of the predicted gain with the
+    oracle's margin gain (``test_rank_correlation``: how well it orders unseen images). Returns the card."""
+    old_path, new_path = Path(old), Path(new)
+    old_model, old_card = load_checkpoint(old_path, expect={"kind": "old"})
+    new_model, new_card = load_checkpoint(new_path, expect={"kind": ("new", "bct")})
+    dataset = dataset or old_card.get("dataset")
+    for name, card in (("old", old_card), ("new", new_card)):
+        if card.get("dataset") != dataset:
+            raise ValueError(f"the {name} model was trained on {card.get('dataset')!r}, not {dataset!r}")
+    configure_threads(threads)
+    train = load_dataset(dataset, "train", data, download)
+    old_rows, new_rows, labels = cache_features(old_model, new_model, train, view=view, progress=progress)
+    model = fit_gain_predictor(old_rows, new_rows, labels, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
+                               seed=seed)
+    target = oracle_priority(old_rows, new_rows, labels)
+    fitted = model.priority(old_rows)
+    metrics = {"train_mse": float(np.mean(((target - target.mean()) / target.std() - fitted) ** 2))}
+    test = load_dataset(dataset, "test", data, download)
+    test_old, test_new = (embed_dataset(m, test.images, dataset, progress=progress).numpy()
+                          for m in (old_model, new_model))
+    metrics["test_rank_correlation"] = rank_correlation(model.priority(test_old),
+                                                        oracle_priority(test_old, test_new, test.labels))
+    return save_checkpoint(out, model, {
+        "kind": "gain_predictor", "dataset": dataset, "split": "train", "data_source": train.source,
+        "old_model": model_record(old_path, old_card), "new_model": model_record(new_path, new_card),
+        "training": {"view": view, "rows": int(len(labels)), "hidden": hidden, "epochs": epochs,
+                     "batch_size": batch_size, "lr": lr, "weight_decay": 1e-4,
+                     "target": "standardised oracle margin gain (backfill.ordering.oracle_priority)"},
+        "epochs": epochs, "seed": seed, "metrics": metrics, "command": command,
+    })

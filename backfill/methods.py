@@ -88,7 +88,8 @@ def get_method(name: str) -> Method:
 class Order:
     """A backfill order. ``deployable``: computable by a running service (from stored old embeddings and the
     models only, before any new embedding of the gallery); ``needs_training_data``: it also needs the training
-    images (the old model's for ``old_centroid``, both models' with labels for ``predicted_gain``)."""
+    images (the old model's for ``old_centroid``). ``predicted_gain`` needs them only to fit its predictor, which
+    a suite ships (``gain_predictor.pt``)."""
 
     name: str
     label: str
@@ -104,9 +105,10 @@ ORDERS: tuple[Order, ...] = (
           "softmax): they gain most from the new model."),
     Order("old_centroid", "deployable: far from the old classes first", True, True,
           "Items far from every old-class centroid (old space, from the old model's training images) go first."),
-    Order("predicted_gain", "deployable: largest predicted gain first", True, True,
+    Order("predicted_gain", "deployable: largest predicted gain first", True, False,
           "Items for which a small network, fitted on training images where both models and the labels are "
-          "known, predicts from the stored old embedding the largest gain from the new model go first."),
+          "known (the suite's gain_predictor.pt), predicts from the stored old embedding the largest gain from "
+          "the new model go first."),
     Order("oracle", "oracle (peeks at new embeddings; reference only)", False, False,
           "Items whose old embedding ranks worst against their new one go first: uses labels and new "
           "embeddings, an upper bound only."),
@@ -133,8 +135,8 @@ def make_order(name: str, gallery: Embeddings, *, suite=None, seed: int = 0,
 
     ``suite`` (its old classifier) is needed by ``old_entropy``; ``old_centroids`` ``(C, d_old)`` by
     ``old_centroid``; ``gain_predictor`` (old embeddings ``(N, d_old)`` -> priorities ``(N,)``, e.g.
-    :meth:`backfill.gain_prediction.GainPredictor.priority`) by ``predicted_gain``; ``oracle`` reads
-    ``gallery.labels`` and ``gallery.new``.
+    :meth:`backfill.gain_prediction.GainPredictor.priority`; default: the suite's ``gain_predictor``) by
+    ``predicted_gain``; ``oracle`` reads ``gallery.labels`` and ``gallery.new``.
     """
     name = get_order(name).name
     if name == "random":
@@ -148,7 +150,10 @@ def make_order(name: str, gallery: Embeddings, *, suite=None, seed: int = 0,
             raise ValueError("the old_centroid order needs old-class centroids (from training images)")
         return order_by_score(nearest_centroid_priority(gallery.old, old_centroids))
     if name == "predicted_gain":
+        if gain_predictor is None and getattr(suite, "gain_predictor", None) is not None:
+            gain_predictor = suite.gain_predictor.priority
         if gain_predictor is None:
-            raise ValueError("the predicted_gain order needs a gain predictor (fitted on training images)")
+            raise ValueError("the predicted_gain order needs a gain predictor: the suite has no gain_predictor.pt "
+                             "(`backfill train gain-predictor` fits one)")
         return order_by_score(gain_predictor(gallery.old))
     return order_by_score(oracle_priority(gallery.old, gallery.new, gallery.labels))

@@ -318,7 +318,8 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     """Build an untrained module from its ``spec`` (``{"arch": name, **constructor arguments}``).
 
     ``arch`` is one of ``resnet`` (CifarResNet), ``cnn`` (SmallCNN), ``psi`` (ReverseTransform), ``rho``
-    (EmbeddingHead). Raises ``ValueError`` for an unknown arch or unexpected arguments.
+    (EmbeddingHead), ``pretrained`` (a head on a frozen backbone), ``gain`` (the ``predicted_gain`` order's
+    GainPredictor). Raises ``ValueError`` for an unknown arch or unexpected arguments.
     """
     if not isinstance(spec, dict) or "arch" not in spec:
         raise ValueError(f"model spec must be a dict with an 'arch' key, got {spec!r}")
@@ -327,10 +328,14 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
         from backfill.backbones import PretrainedNet
 
         archs = {**_ARCHS, "pretrained": PretrainedNet}
+    elif arch == "gain":  # lazily: its module trains it from checkpoints, which build models with this function
+        from backfill.gain_prediction import GainPredictor
+
+        archs = {**_ARCHS, "gain": GainPredictor}
     else:
         archs = _ARCHS
     if arch not in archs:
-        raise ValueError(f"unknown model arch {arch!r}; expected one of {sorted([*_ARCHS, 'pretrained'])}")
+        raise ValueError(f"unknown model arch {arch!r}; expected one of {sorted([*_ARCHS, 'gain', 'pretrained'])}")
     kwargs = {k: v for k, v in spec.items() if k != "arch"}
     if arch in ("resnet", "cnn") and "logit_scale" not in kwargs:
         kwargs["logit_scale"] = None  # a card from before the cosine classifier: plain linear logits

@@ -37,7 +37,7 @@ from .checkpoints import load_checkpoint
 from .datasets import ImageDataset, load_dataset, per_class_indices
 from .embeddings import Embeddings
 from .evaluation import Curve, curve_points, evaluate_curve
-from .gain_prediction import fit_gain_predictor
+from .gain_prediction import GAIN_PREDICTOR_VIEW, fit_gain_predictor
 from .images import preprocess
 from .inference import embed_dataset, embed_images
 from .methods import METHODS, ORDERS, Method, make_order
@@ -47,7 +47,7 @@ from .ordering import (
 from .report import summarize_curve
 from .strategies import get_strategy
 from .suite import ModelSuite
-from .transform_training import default_rho_path
+from .transform_training import cache_features, default_rho_path
 
 __all__ = ["SETTINGS", "ABLATION_VARIANTS", "evaluate_setting", "measure_query_cost", "old_class_centroids",
            "order_inputs", "reproduce", "write_markdown", "write_model_cards"]
@@ -56,8 +56,6 @@ SETTINGS = ("homogeneous", "heterogeneous")
 #: Ablation checkpoints: ``<setting dir>/ablation/psi_mc_<variant>.pt``; ``joint`` is the suite's psi_mc.
 ABLATION_VARIANTS = ("joint", "old", "new", "separate")
 CENTROID_IMAGES_PER_CLASS = 100
-#: Views of the train images the ``predicted_gain`` order learns from (not the clean ones the heads fit).
-GAIN_PREDICTOR_VIEWS = ("flip", "crop")
 
 
 def _median_seconds(calls: dict[str, Callable[[], Any]], repeats: int = 30) -> dict[str, float]:
@@ -118,15 +116,15 @@ def old_class_centroids(suite: ModelSuite, data: str | None, seed: int = 0, *,
 
 def order_inputs(suite: ModelSuite, data: str | None, seed: int = 0) -> dict[str, Any]:
     """What the orders that need training data take (:func:`backfill.methods.make_order`'s keywords):
-    ``old_centroids`` and ``gain_predictor``, fitted on the ``GAIN_PREDICTOR_VIEWS`` of every train image
-    (for a pretrained backbone: the cached features ``pretrained/train.sh`` computes)."""
+    ``old_centroids`` and, for a suite without ``gain_predictor.pt``, a ``gain_predictor`` fitted here on the
+    ``GAIN_PREDICTOR_VIEW`` of every train image (for a pretrained backbone: the cached features
+    ``pretrained/train.sh`` computes)."""
     train = load_dataset(suite.dataset, "train", root=data)
-    embedded = {side: np.concatenate([embed_dataset(model, train.images, suite.dataset, view=view).numpy()
-                                      for view in GAIN_PREDICTOR_VIEWS])
-                for side, model in (("old", suite.old), ("new", suite.new))}
-    labels = np.tile(train.labels, len(GAIN_PREDICTOR_VIEWS))
-    predictor = fit_gain_predictor(embedded["old"], embedded["new"], labels, seed=seed)
-    return {"old_centroids": old_class_centroids(suite, data, seed, train=train), "gain_predictor": predictor.priority}
+    inputs: dict[str, Any] = {"old_centroids": old_class_centroids(suite, data, seed, train=train)}
+    if suite.gain_predictor is None:
+        rows = cache_features(suite.old, suite.new, train, view=GAIN_PREDICTOR_VIEW, progress=False)
+        inputs["gain_predictor"] = fit_gain_predictor(*rows, seed=seed).priority
+    return inputs
 
 
 def _row(curve: Curve, old: Curve, new_map: float, cost: float | None) -> dict[str, Any]:
@@ -319,6 +317,11 @@ def _architecture(card: dict[str, Any]) -> str:
         d_in, d_out = m.get("d_in", m.get("d")), m.get("d_out", m.get("d"))
         return f"{m['arch']} " + (f"linear {d_in}->{d_out}" if m.get("hidden") is None
                                   else f"MLP {d_in}->{m['hidden']}->{d_out}")
+    if m.get("arch") == "gain":
+        correlation = card.get("metrics", {}).get("test_rank_correlation")
+        return (f"MLP {m['d_old']}->{m['hidden']}->1 on the {card.get('training', {}).get('view')} views"
+                + ("" if correlation is None else f"; rank correlation with the oracle's gain on the test split "
+                                                  f"{correlation:.2f}"))
     if m.get("arch") == "pretrained":
         scale = f", cosine classifier s = {m['logit_scale']:g}" if m.get("logit_scale") else ""
         return (f"frozen {m['backbone']} ({m['resolution']} px) + head {m['hidden']}->{card.get('embedding_dim')}"
@@ -361,7 +364,7 @@ def write_model_cards(pretrained: str | Path = "pretrained") -> Path:
             denominator = training.get("denominator", training.get("variant"))  # "variant" in older cards
             classes = card.get("classes")
             n_classes = f"0-{max(classes)}" if classes else "-"
-            images = training.get("train_images") or training.get("train_features") or "-"
+            images = training.get("train_images") or training.get("train_features") or training.get("rows") or "-"
             acc = card.get("metrics", {}).get("test_acc")
             out.append(f"| `{path.relative_to(setting_dir).with_suffix('.pt')}` | {card.get('kind')}"
                        f"{' (' + denominator + ')' if denominator else ''} | "

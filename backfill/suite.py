@@ -7,6 +7,7 @@ A suite directory (``pretrained/<dataset>/<setting>/``, docs/design.md) holds::
     psi_regression.pt                    optional: psi trained with the regression loss    -> variant "base"
     psi_mc.pt                            optional: psi trained with the metric-compatible loss -> "full"
     psi_mc_rho.pt + rho_mc.pt            optional, together: psi and head rho trained jointly -> "full_rho"
+    gain_predictor.pt                    optional: the ``predicted_gain`` backfill order's predictor
 
 each with its JSON card beside it. :meth:`ModelSuite.load` checks that the cards agree with each other
 (one dataset, dims that fit, psi/rho trained against *these* old/new weights by SHA-256) and fails with a
@@ -47,6 +48,7 @@ SUITE_FILES: dict[str, tuple[str, str, bool]] = {
     "psi_mc": ("psi_mc.pt", "psi", False),
     "psi_mc_rho": ("psi_mc_rho.pt", "psi", False),
     "rho_mc": ("rho_mc.pt", "rho", False),
+    "gain_predictor": ("gain_predictor.pt", "gain_predictor", False),
 }
 
 
@@ -103,6 +105,12 @@ def check_suite_cards(cards: dict[str, dict[str, Any]], present: set[str]) -> No
                                   f"model has {d_new}")
         trained_against(cards["rho_mc"], "new_model", cards["new"], "rho_mc.pt")
         trained_against(cards["psi_mc_rho"], "rho_model", cards["rho_mc"], "psi_mc_rho.pt")
+    if "gain_predictor" in present:
+        if cards["gain_predictor"]["model"].get("d_old") != d_old:
+            raise CheckpointError(f"gain_predictor.pt reads {cards['gain_predictor']['model'].get('d_old')}-dim "
+                                  f"old embeddings, the old model has {d_old}")
+        trained_against(cards["gain_predictor"], "old_model", cards["old"], "gain_predictor.pt")
+        trained_against(cards["gain_predictor"], "new_model", cards["new"], "gain_predictor.pt")
 
 
 
@@ -117,7 +125,8 @@ def _as_sequence(images: Any) -> Any:
 
 class ModelSuite:
     """Models of one dataset and setting: ``old``, ``new`` and the optional ``bct``, ``psi_regression``,
-    ``psi_mc``, ``psi_mc_rho``, ``rho_mc`` (``None`` when absent), all in eval mode on ``device``.
+    ``psi_mc``, ``psi_mc_rho``, ``rho_mc``, ``gain_predictor`` (``None`` when absent), all in eval mode on
+    ``device``.
 
     Attributes
     ----------

@@ -43,6 +43,7 @@ __all__ = [
     "fit_transform",
     "train_transform",
     "default_rho_path",
+    "model_record",
 ]
 
 #: Defaults of the metric-compatible training, chosen by measurement (benchmarks/sweep_mc.py).
@@ -319,8 +320,9 @@ def fit_transform(
     return psi, head, history
 
 
-def _model_record(path: Path, card: dict[str, Any]) -> dict[str, Any]:
-    """What a psi/rho card says about a checkpoint it was trained against (checked by ModelSuite.load)."""
+def model_record(path: Path, card: dict[str, Any]) -> dict[str, Any]:
+    """What a psi / rho / gain predictor card says about a checkpoint it was trained against (checked by
+    ModelSuite.load)."""
     return {"name": path.name, "path": str(path), "sha256": card.get("weights_sha256"),
             "kind": card.get("kind"), "embedding_dim": card.get("embedding_dim")}
 
@@ -396,7 +398,7 @@ def train_transform(
                                        progress=progress)
     common = {
         "dataset": dataset, "split": "train", "data_source": train.source,
-        "old_model": _model_record(old_path, old_card), "new_model": _model_record(new_path, new_card),
+        "old_model": model_record(old_path, old_card), "new_model": model_record(new_path, new_card),
         "training": {**cfg.card(), "train_features": int(len(labels)), "device": str(dev)},
         "epochs": len(history), "seed": cfg.seed, "history": history, "command": command,
     }
@@ -404,6 +406,6 @@ def train_transform(
     if head is not None:
         rho_path = Path(rho_out) if rho_out else default_rho_path(out)
         cards["rho"] = save_checkpoint(rho_path, head, {"kind": "rho", **common})
-        common["rho_model"] = _model_record(rho_path, cards["rho"])
+        common["rho_model"] = model_record(rho_path, cards["rho"])
     cards["psi"] = save_checkpoint(out, psi, {"kind": "psi", **common})
     return cards

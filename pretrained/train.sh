@@ -42,6 +42,13 @@ transforms() {  # transforms DIR NAME...: one after the other
     transform "$dir" "$name"
   done
 }
+gain_predictor() {  # gain_predictor DIR: DIR/gain_predictor.pt, the predicted_gain order's, unless it exists
+  local dir=$1 start=$SECONDS
+  if [ -f "$dir/gain_predictor.pt" ]; then echo "exists: $dir/gain_predictor.pt"; return; fi
+  backfill train gain-predictor --dataset "$dataset" --old "$dir/old.pt" --new "$dir/new.pt" --threads "${threads:-1}" \
+    --no-progress --out "$dir/gain_predictor.pt"
+  log "$dir/gain_predictor.pt: $((SECONDS - start)) s"
+}
 transform_options=()  # extra options of every `train transform` of the dataset
 rho_options=()        # and of psi + rho (psi_mc_rho) after them
 case "$dataset" in
@@ -53,7 +60,7 @@ case "$dataset" in
       train new "$d/new.pt" --epochs 3
       train bct "$d/bct.pt" --old "$d/old.pt" --epochs 3
     }
-    heads_stage() { transforms "$d" psi_regression psi_mc psi_mc_rho; }
+    heads_stage() { transforms "$d" psi_regression psi_mc psi_mc_rho; gain_predictor "$d"; }
     ;;
   cifar100)
     # Heads on frozen ImageNet-pretrained EfficientNet-Lite backbones. Every process runs one thread, two side
@@ -86,13 +93,14 @@ case "$dataset" in
       { features efficientnet_lite0 train clean+flip+crop; features efficientnet_lite0 test clean
         features efficientnet_lite2 test clean
         train old "$d/old.pt" --classes 50 "${lite0[@]}"
-        train new "$d/new.pt" "${lite0[@]}"; train bct "$d/bct.pt" --old "$d/old.pt" "${lite0[@]}"; } & local lane=$!
+        train new "$d/new.pt" "${lite0[@]}"; train bct "$d/bct.pt" --old "$d/old.pt" "${lite0[@]}"
+        gain_predictor "$d"; } & local lane=$!
       features efficientnet_lite2 train clean+flip+crop
       wait "$lane"
       # The old model is the same in both settings: the heterogeneous suite gets a copy of it.
       mkdir -p "$h"; [ -f "$h/old.pt" ] || { cp "$d/old.pt" "$h/old.pt"; cp "$d/old.json" "$h/old.json"; }
       transforms "$d" psi_regression psi_mc psi_mc_rho "${ablation[@]:0:2}" & lane=$!
-      train new "$h/new.pt" "${lite2[@]}"; train bct "$h/bct.pt" --old "$h/old.pt" "${lite2[@]}"
+      train new "$h/new.pt" "${lite2[@]}"; train bct "$h/bct.pt" --old "$h/old.pt" "${lite2[@]}"; gain_predictor "$h"
       transforms "$h" psi_regression psi_mc psi_mc_rho
       transforms "$d" "${ablation[2]}"  # by now the other lane has cached the homogeneous suite's features
       wait "$lane"

@@ -13,6 +13,7 @@ import torch
 
 from backfill.checkpoints import save_checkpoint
 from backfill.datasets import FASHION_MNIST_CLASSES, load_dataset
+from backfill.gain_prediction import fit_gain_predictor
 from backfill.images import preprocess
 from backfill.models import CifarResNet, EmbeddingHead, ReverseTransform, SmallCNN
 
@@ -80,6 +81,8 @@ def _build_quick_suite(directory: Path, steps: int) -> Path:
     psi = ReverseTransform(16, 16)
     _fit_psi(psi, new_emb, old_emb, steps)
     save_checkpoint(directory / "psi_mc_rho.pt", psi, {"kind": "psi", **against, "rho_model": _record(rho)})
+    predictor = fit_gain_predictor(old_emb.numpy(), new_emb.numpy(), data.labels[:1000], epochs=5)
+    save_checkpoint(directory / "gain_predictor.pt", predictor, {"kind": "gain_predictor", **against})
     return directory
 
 
@@ -88,7 +91,7 @@ def quick_suite_dir(pytestconfig) -> Path:
     from backfill.suite import ModelSuite
 
     cache = getattr(pytestconfig, "cache", None)  # None under `-p no:cacheprovider`
-    directory = cache.mkdir("backfill-quick-suite-v1") if cache else Path(tempfile.mkdtemp(prefix="quick-suite-"))
+    directory = cache.mkdir("backfill-quick-suite-v2") if cache else Path(tempfile.mkdtemp(prefix="quick-suite-"))
     try:
         ModelSuite.load(directory)
     except (FileNotFoundError, ValueError):

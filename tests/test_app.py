@@ -21,7 +21,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from backfill.explorer import MAX_UPLOAD_MB, Explorer, default_models_dir
-from backfill.methods import METHODS
+from backfill.methods import METHODS, get_order
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 240  # the first run embeds the gallery and evaluates the curves
@@ -252,13 +252,17 @@ def test_missing_models_give_a_message_not_a_traceback(quick_env, monkeypatch, t
 
 def test_cifar100_with_data_and_models_runs(quick_env, tmp_path):
     data, suite = fake_cifar(tmp_path)
-    at = run_app()
+    at = run_app(order="predicted_gain")  # the Fashion-MNIST suite has a gain predictor, this CIFAR one none
+    assert at.radio(key="order").value == "predicted_gain"
     at.radio(key="dataset").set_value("cifar100").run()
     settle(at)
     at.text_input(key="cifar_root").set_value(str(data))
     next(t for t in at.text_input if t.label == "Model directory").set_value(str(suite)).run()
     settle(at)
     assert not at.exception and not at.error, [e.value for e in at.error]
+    shown = at.radio(key="order").options  # the labels
+    assert at.radio(key="order").value == "random" and len(shown) == 3
+    assert get_order("oracle").label in shown and get_order("predicted_gain").label not in shown
     headers = result_headers(at)
     assert [h.split("**")[1] for h in headers] == ["naive (new-partial)", "rank merge", "full (metric-compatible ψ)"]
     assert len(at.button) >= 10  # the sample grid (10 of the 100 classes)

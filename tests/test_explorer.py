@@ -7,6 +7,7 @@ weights.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import os
@@ -21,6 +22,7 @@ from PIL import Image
 
 from backfill.evaluation import evaluate_curve
 from backfill.explorer import (
+    APP_ORDERS,
     DEFAULT_METHODS,
     MAX_UPLOAD_MB,
     ArrayCache,
@@ -29,6 +31,7 @@ from backfill.explorer import (
     ScorePanel,
     UploadError,
     Worker,
+    available_orders,
     cross_space_order,
     gallery_query,
     method_card,
@@ -46,6 +49,7 @@ from backfill.explorer import (
 )
 from backfill.indexing import BackfillIndex
 from backfill.methods import METHODS
+from backfill.ordering import order_by_score
 from backfill.strategies import Space
 
 PER_CLASS = 40  # gallery of 400 images: fast, and every class has 39 other members
@@ -192,13 +196,28 @@ def test_curves_and_summary_are_consistent(explorer):
 
 def test_orders_are_permutations_and_differ(explorer):
     n = len(explorer.gallery)
-    orders = {name: explorer.order(name) for name in ("random", "old_entropy", "oracle")}
+    assert explorer.orders == APP_ORDERS  # the quick suite has a gain predictor
+    orders = {name: explorer.order(name) for name in explorer.orders}
     for order in orders.values():
         assert sorted(order.tolist()) == list(range(n))
     assert not np.array_equal(orders["random"], orders["old_entropy"])
     assert not np.array_equal(orders["old_entropy"], orders["oracle"])
+    assert not np.array_equal(orders["old_entropy"], orders["predicted_gain"])
+    predicted = explorer.suite.gain_predictor.priority(explorer.embeddings()["base"].old)
+    np.testing.assert_array_equal(orders["predicted_gain"], order_by_score(predicted))
     with pytest.raises(ValueError, match="unknown order"):
         explorer.order("fastest")
+
+
+def test_predicted_gain_is_offered_only_with_a_gain_predictor(explorer, suite_dir, tmp_path):
+    assert available_orders(suite_dir) == APP_ORDERS
+    assert available_orders(tmp_path) == ("random", "old_entropy", "oracle")
+    without = copy.copy(explorer.suite)
+    without.gain_predictor = None
+    session = Explorer(without, explorer.gallery, curve_queries=30)
+    assert session.orders == ("random", "old_entropy", "oracle")
+    with pytest.raises(ValueError, match="this suite serves random, old_entropy, oracle"):
+        session.order("predicted_gain")
 
 
 def test_uploads_are_embedded_and_bad_ones_reported(explorer):
@@ -283,7 +302,8 @@ def test_prefetch_computes_curves_in_the_background(suite_dir):
     # The shown order first, then the other methods and orders, without anyone asking.
     assert wait_until(lambda: session.is_ready("oracle", DEFAULT_METHODS), timeout=120)
     assert wait_until(lambda: session.worker.pending == 0, timeout=120)
-    for order in ("random", "old_entropy", "oracle"):
+    assert "predicted_gain" in session.orders
+    for order in session.orders:
         assert all(session.curve_ready(m.name, order) for m in session.methods)
     assert not session.worker.errors
     expected = Explorer.from_directory(suite_dir, per_class=10, curve_queries=30).curve("full", "oracle")

@@ -1,12 +1,21 @@
-"""The predicted_gain order: a regressor from old embeddings to oracle_priority's margin gain."""
+"""The predicted_gain order: a regressor from old embeddings to oracle_priority's margin gain, its checkpoint and
+the suites that hold one."""
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from backfill.checkpoints import CheckpointError, save_checkpoint
+from backfill.cli import main
 from backfill.embeddings import Embeddings, l2_normalize
-from backfill.gain_prediction import GainPredictor, fit_gain_predictor
+from backfill.gain_prediction import GainPredictor, fit_gain_predictor, train_gain_predictor
 from backfill.methods import make_order
+from backfill.models import CifarResNet
 from backfill.ordering import order_by_score
+from backfill.suite import ModelSuite
 
 
 def planted_split(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -45,3 +54,51 @@ def test_bad_inputs_are_clear_errors():
         GainPredictor(8, hidden=0)
     with pytest.raises(ValueError, match="needs a gain predictor"):
         make_order("predicted_gain", Embeddings(labels, old, new))
+
+
+def fake_cifar_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """A CIFAR-100-layout data directory (train and test, 2 random images per class) and an untrained suite."""
+    data, suite = tmp_path / "cifar", tmp_path / "suite"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(100), 2).astype(np.uint8)
+    for split in ("train", "test"):
+        np.savez(data / f"{split}.npz", images=rng.integers(0, 256, (labels.size, 32, 32, 3), dtype=np.uint8),
+                 labels=labels)
+    (data / "classes.json").write_text(json.dumps({"classes": [f"class_{i}" for i in range(100)]}))
+    torch.manual_seed(0)
+    for kind, classes in (("old", 50), ("new", 100)):
+        save_checkpoint(suite / f"{kind}.pt", CifarResNet(8, 4, 16, classes),
+                        {"kind": kind, "dataset": "cifar100", "classes": [*range(classes)]})
+    return data, suite
+
+
+def test_the_cli_writes_a_predictor_the_suite_loads_and_orders_with(tmp_path, capsys):
+    data, suite = fake_cifar_pair(tmp_path)
+    out = suite / "gain_predictor.pt"
+    assert main(["train", "gain-predictor", "--dataset", "cifar100", "--data", str(data), "--old",
+                 str(suite / "old.pt"), "--new", str(suite / "new.pt"), "--epochs", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "rank correlation" in capsys.readouterr().out
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["kind"] == "gain_predictor" and card["training"]["view"] == "flip+crop"
+    assert card["training"]["rows"] == 400 and -1 <= card["metrics"]["test_rank_correlation"] <= 1
+    loaded = ModelSuite.load(suite)
+    assert isinstance(loaded.gain_predictor, GainPredictor)
+    old = l2_normalize(np.random.default_rng(1).standard_normal((30, 16)).astype(np.float32))
+    gallery = Embeddings(np.zeros(30, dtype=np.int64), old, old)
+    np.testing.assert_array_equal(make_order("predicted_gain", gallery, suite=loaded),
+                                  order_by_score(loaded.gain_predictor.priority(old)))
+
+
+def test_a_predictor_fitted_for_other_models_is_refused(tmp_path):
+    data, suite = fake_cifar_pair(tmp_path)
+    other = tmp_path / "other"
+    save_checkpoint(other / "new.pt", CifarResNet(8, 4, 16, 100), {"kind": "new", "dataset": "cifar100"})
+    train_gain_predictor(suite / "old.pt", other / "new.pt", suite / "gain_predictor.pt", data=data, epochs=1,
+                         progress=False)
+    with pytest.raises(CheckpointError, match="gain_predictor.pt was trained against new model"):
+        ModelSuite.load(suite)
+    (suite / "gain_predictor.pt").write_bytes(b"damaged")
+    with pytest.raises(CheckpointError):
+        ModelSuite.load(suite)

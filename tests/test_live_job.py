@@ -62,7 +62,7 @@ def test_sigkill_partway_then_rerun_writes_every_item_once(tmp_path, scope):
         after_kill = store.status()["backfilled"]
         assert not store.status()["job_running"]  # the dead driver's writer lock is gone
 
-        rerun = run_cli(*args, scope=scope)
+        rerun = run_cli(*args, "--order", "predicted_gain", scope=scope)  # resumed in another order
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         scheduled = int(re.search(r"wrote (\d+) of (\d+) scheduled", rerun.stdout).group(2))
         assert scheduled == N - after_kill  # resumed from the store: nothing written before is redone

@@ -129,9 +129,11 @@ def test_writes_are_conditional_and_searches_consistent(store):
     assert top.id == ids[0] and top.score == pytest.approx(1.0, abs=1e-5)
 
 
-def test_a_gallery_of_layout_2_is_upgraded_in_place(tmp_path):
-    """Layout 3 keeps the writing models in the progress row (a status no longer scans the gallery); a store of
-    layout 2 gains it when first read, filled from the gallery, with its vectors and progress untouched."""
+@pytest.mark.parametrize("layout", [2, 3])
+def test_a_gallery_of_an_older_layout_is_upgraded_in_place(tmp_path, capsys, layout):
+    """Layout 3 keeps the writing models in the progress row (a status no longer scans the gallery), layout 4
+    adds the predicted_gain order's column. A store of layout 2 or 3 gains what it lacks when first read, with
+    its vectors and progress untouched; its items have no predicted gain, so that order is refused in one line."""
     from backfill.cli import main
     from backfill.live.store import SCHEMA_VERSION, open_store
 
@@ -145,21 +147,45 @@ def test_a_gallery_of_layout_2_is_upgraded_in_place(tmp_path):
         assert store.write_new(np.arange(10), vecs, model="m1") == 10
         assert store.write_new(np.arange(10, 15), vecs[:5], model="m0") == 5
         assert store.status()["models"] == ["m0", "m1"]
-        store.conn.execute("ALTER TABLE backfill.progress DROP COLUMN models")  # back to layout 2
-        store.conn.execute("UPDATE backfill.meta SET value = '2' WHERE key = 'schema'")
+        store.conn.execute("ALTER TABLE backfill.gallery DROP COLUMN predicted_gain")  # back to layout 3
+        store.conn.execute("DELETE FROM backfill.meta WHERE key = 'orders'")
+        if layout == 2:
+            store.conn.execute("ALTER TABLE backfill.progress DROP COLUMN models")
+        store.conn.execute("UPDATE backfill.meta SET value = %s::jsonb WHERE key = 'schema'", (str(layout),))
         store.close()
 
         upgraded = open_store(path)
         status = upgraded.status()
         assert status["models"] == ["m0", "m1"] and status["backfilled"] == 15 and status["total"] == 30
-        assert upgraded.meta()["schema"] == SCHEMA_VERSION == 3
+        assert upgraded.meta()["schema"] == SCHEMA_VERSION == 4
         assert upgraded.write_new(np.arange(15, 20), vecs[:5], model="m1") == 5
         assert upgraded.status()["models"] == ["m0", "m1"] and upgraded.status()["backfilled"] == 20
         assert np.allclose(upgraded.export()["new"][:10], vecs)
+        assert upgraded.conn.execute("SELECT count(predicted_gain) FROM backfill.gallery").fetchone()[0] == 0
         upgraded.close()
+        rc, _, err = cli_in_process(capsys, "gallery", "backfill", "--store", str(path), "--suite", str(SUITE),
+                                    "--order", "predicted_gain")
+        assert rc == 2 and err.count("\n") == 1
+        assert "loaded without the predicted_gain order's priorities" in err and "random or old_entropy" in err
     finally:
         store.close()
         stop_embedded(path)
+
+
+def test_the_predicted_gain_order_is_the_suites_predictor_on_the_stored_old_vectors(store):
+    """The gallery was loaded with a suite that has a gain predictor: its column holds that predictor's output on
+    the stored old vectors, and the order serves the pending items by it, largest first."""
+    from backfill.suite import ModelSuite
+
+    assert store.meta()["orders"] == ["random", "old_entropy", "predicted_gain"]
+    rows = store.conn.execute("SELECT id, predicted_gain, backfilled FROM backfill.gallery ORDER BY id").fetchall()
+    ids, gains, done = (np.array(column) for column in zip(*rows, strict=True))
+    old = store.export()["old"]
+    np.testing.assert_allclose(gains, ModelSuite.load(SUITE).gain_predictor.priority(old), rtol=1e-5, atol=1e-5)
+    pending = ids[~done]
+    expected = pending[np.lexsort((pending, -gains[~done]))]
+    np.testing.assert_array_equal(store.pending_ids(order="predicted_gain"), expected)
+    assert not np.array_equal(expected, store.pending_ids(order="old_entropy"))
 
 
 def test_exact_sides_use_parallel_workers_only_when_big(store):

@@ -1,4 +1,5 @@
-"""``backfill train old|new|bct|transform``: models, heads on pretrained backbones, psi and rho."""
+"""``backfill train old|new|bct|transform|gain-predictor``: models, heads on pretrained backbones, psi and rho,
+and the ``predicted_gain`` order's predictor."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from backfill.cli.common import BACKBONE_NAMES, DATASETS, command_line
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
-    """``backfill train {old,new,bct,transform} ...`` (``transform``: see ``_add_train_transform``)."""
-    train = sub.add_parser("train", help="train old/new/BCT models or the reverse transformation psi",
+    """``backfill train {old,new,bct,transform,gain-predictor} ...`` (see ``_add_train_transform`` and
+    ``_add_train_gain_predictor``)."""
+    train = sub.add_parser("train", help="train old/new/BCT models, the reverse transformation psi or the "
+                           "predicted_gain order's predictor",
                            description="Train a model; writes OUT.pt and its OUT.json card.")
     train_sub = train.add_subparsers(dest="train_command", required=True)
     common = argparse.ArgumentParser(add_help=False)
@@ -70,6 +73,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                            help="weight of the influence loss (default 1)")
         p.set_defaults(handler=_run_train_backbone, train_kind=kind)
     _add_train_transform(train_sub)
+    _add_train_gain_predictor(train_sub)
 
 
 def _run_train_backbone(args: argparse.Namespace) -> int:
@@ -196,4 +200,43 @@ def _run_train_transform(args: argparse.Namespace) -> int:
     print(f"{args.out}: last-epoch loss {last['loss']:.4f}")
     if "rho" in cards:
         print(f"{cards['psi']['rho_model']['path']}: rho written")
+    return 0
+
+
+def _add_train_gain_predictor(sub: argparse._SubParsersAction) -> None:
+    """``backfill train gain-predictor ...``: the ``predicted_gain`` order's predictor (defaults in
+    ``backfill.gain_prediction``; unset options are ``None`` here so that ``--help`` loads no torch)."""
+    text = ("fit the predicted_gain backfill order's predictor: from an old embedding, the margin gain the new "
+            "model brings, learnt on the train images where both models and the labels are known")
+    p = sub.add_parser("gain-predictor", help=text, description=text + ". Writes OUT.pt and OUT.json (a suite "
+                       "holds it as gain_predictor.pt).")
+    p.add_argument("--old", required=True, metavar="OLD.pt", help="the old model's checkpoint")
+    p.add_argument("--new", required=True, metavar="NEW.pt", help="the new model's checkpoint")
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--data", metavar="DIR", default=None, help="dataset directory (see `train old --help`)")
+    p.add_argument("--download", action="store_true", help="download with torchvision if not found")
+    p.add_argument("--view", default=None, metavar="VIEW[+VIEW]",
+                   help="the views of the train images it learns from, one row per image and view (default "
+                        "flip+crop: the models embed the clean images they trained on too tightly)")
+    p.add_argument("--hidden", type=int, default=None, help="hidden width (default 256)")
+    p.add_argument("--epochs", type=int, default=None, help="default 20")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: one per core)")
+    p.add_argument("--out", required=True, metavar="PATH.pt", help="weights file; the card goes to PATH.json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_run_train_gain_predictor)
+
+
+def _run_train_gain_predictor(args: argparse.Namespace) -> int:
+    """Handler of ``backfill train gain-predictor``."""
+    from backfill.gain_prediction import train_gain_predictor
+
+    options = {"view": args.view, "hidden": args.hidden, "epochs": args.epochs}
+    card = train_gain_predictor(args.old, args.new, args.out, dataset=args.dataset, data=args.data,
+                                download=args.download, seed=args.seed, threads=args.threads,
+                                command=command_line(args), progress=not args.no_progress,
+                                **{key: value for key, value in options.items() if value is not None})
+    metrics = card["metrics"]
+    print(f"{args.out}: train MSE {metrics['train_mse']:.3f}, rank correlation with the oracle's gain on the "
+          f"test split {metrics['test_rank_correlation']:.3f}")
     return 0

@@ -41,8 +41,9 @@ DEFAULT_METHODS = ("new_partial", "rank_merge", "full")
 OPTIONAL_METHODS = ("old", "offline", "bct", "rt_merge", "full_rho")
 #: Methods whose curves every page needs (the old/old and new/new reference lines).
 REFERENCE_METHODS = ("old", "new_partial")
-#: The orders the app offers (old_centroid needs the old model's training images, which the app does not load).
-APP_ORDERS = ("random", "old_entropy", "oracle")
+#: The orders the app offers (old_centroid needs the old model's training images, which the app does not load;
+#: predicted_gain needs the suite's gain_predictor.pt: see :func:`available_orders`).
+APP_ORDERS = ("random", "old_entropy", "predicted_gain", "oracle")
 METRICS = ("map", "top1", "top5")
 PRETRAINED_DIR = Path(__file__).resolve().parents[2] / "pretrained"
 DEFAULT_CACHE_DIR = DEFAULT_DOWNLOAD_ROOT / "app"
@@ -87,6 +88,17 @@ def available_settings(dataset: str) -> list[str]:
     root = PRETRAINED_DIR / dataset
     names = [p.name for p in root.iterdir() if (p / "new.pt").is_file()] if root.is_dir() else []
     return sorted(names, key=lambda name: (name != "homogeneous", name))
+
+
+def available_orders(models_dir: str | Path) -> tuple[str, ...]:
+    """The :data:`APP_ORDERS` the suite in ``models_dir`` serves (``predicted_gain`` only with its predictor)."""
+    from backfill.suite import SUITE_FILES  # lazily, like ModelSuite: this module loads without torch
+
+    return _orders(has_gain_predictor=(Path(models_dir) / SUITE_FILES["gain_predictor"][0]).is_file())
+
+
+def _orders(*, has_gain_predictor: bool) -> tuple[str, ...]:
+    return tuple(o for o in APP_ORDERS if o != "predicted_gain" or has_gain_predictor)
 
 
 def download_cifar100(root: str | Path | None = None) -> Path:
@@ -156,6 +168,11 @@ class Explorer:
     methods = property(lambda self: list(self._methods.values()),
                        doc="The methods of backfill.methods.METHODS this suite can serve, in display order.")
 
+    @property
+    def orders(self) -> tuple[str, ...]:
+        """The :data:`APP_ORDERS` this suite serves (``predicted_gain`` needs its ``gain_predictor``)."""
+        return _orders(has_gain_predictor=getattr(self.suite, "gain_predictor", None) is not None)
+
     def method(self, name: str) -> Method:
         """The :class:`~backfill.methods.Method` ``name``; ``ValueError`` when unknown or unavailable."""
         if name not in self._methods:
@@ -219,10 +236,10 @@ class Explorer:
 
     # ------------------------------------------------------------------------------------ orders, indexes, curves
     def order(self, name: str) -> np.ndarray:
-        """The backfill order ``name`` (one of :data:`APP_ORDERS`): int64 ``(N,)`` permutation."""
+        """The backfill order ``name`` (one of :attr:`orders`): int64 ``(N,)`` permutation."""
         name = ORDER_ALIASES.get(name, name)
-        if name not in APP_ORDERS:
-            raise ValueError(f"unknown order {name!r}; expected one of {APP_ORDERS}")
+        if name not in self.orders:
+            raise ValueError(f"unknown order {name!r}; this suite serves {', '.join(self.orders)}")
         if name == "random":  # needs no embeddings
             return self.memo.get(("order", name), lambda: random_order(len(self.gallery), seed=self.seed))
         return self.memo.get(("order", name), lambda: make_order(name, self.embeddings()["base"],
@@ -262,7 +279,7 @@ class Explorer:
         now = [m for m in dict.fromkeys([*REFERENCE_METHODS, *methods]) if m in available]
         jobs = [(1, order, m) for m in now]
         jobs += [(2, order, m) for m in available if m not in now]
-        jobs += [(3, other, m) for other in APP_ORDERS if other != order for m in available]
+        jobs += [(3, other, m) for other in self.orders if other != order for m in available]
         for priority, job_order, name in jobs:
             self.worker.submit(("curve", job_order, name),
                                lambda n=name, o=job_order: self._compute_curve(n, o), priority=priority,

@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from backfill.live.store import ORDERS  # numpy only: the store's server libraries load when it is opened
+
 __all__ = ["add_commands"]
 
 _STORE_HELP = "a directory (embedded PostgreSQL started there) or a postgresql:// URI"
@@ -33,8 +35,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = gsub.add_parser("backfill", help="run or resume the re-embedding job (rerun the same command to resume)")
     p.add_argument("--store", required=True, metavar="STORE", help=_STORE_HELP)
     p.add_argument("--suite", required=True, metavar="DIR", help="model suite directory (its new model is used)")
-    p.add_argument("--order", choices=["random", "old_entropy"], default="random",
-                   help="random (seeded at load time) or old_entropy (uncertain items first)")
+    p.add_argument("--order", choices=ORDERS, default="random",
+                   help="random (seeded at load time), old_entropy (uncertain items first) or predicted_gain "
+                        "(largest predicted gain first: the suite the gallery was loaded with had a gain "
+                        "predictor)")
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="items per model call and per write")
     p.add_argument("--batches-per-task", type=int, default=8, metavar="N",
                    help="batches an actor pipelines per Ray task (reads and writes overlap the model; 1: none)")

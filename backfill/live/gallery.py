@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backfill.live.store import GalleryStore, StoreError
+from backfill.live.store import ORDERS, GalleryStore, StoreError
 
 __all__ = ["load_gallery", "check_suite", "model_tag", "embed_new", "embed_new_input", "encode_image", "export_npz"]
 
@@ -66,8 +66,10 @@ def check_suite(store: GalleryStore, suite: Any) -> dict[str, Any]:
 def load_gallery(store: GalleryStore, suite: Any, *, dataset: str, split: str = "test",
                  data: str | os.PathLike | None = None, limit: int | None = None, replace: bool = False,
                  batch_size: int = 512, seed: int = 0, progress: bool = True) -> int:
-    """Create the gallery from a dataset split: old vectors, old-entropy priorities, a seeded random order and
-    the images (PNG) the job will re-embed. Refused when a gallery exists, unless ``replace``.
+    """Create the gallery from a dataset split: old vectors, the priorities of the deployable orders (old
+    entropy, and the predicted gain when the suite has a gain predictor), a seeded random order and the images
+    (PNG) the job will re-embed. Refused when a gallery exists, unless ``replace``. The meta's ``orders`` lists
+    the orders the gallery can be backfilled in.
 
     Returns the number of items loaded.
     """
@@ -85,6 +87,8 @@ def load_gallery(store: GalleryStore, suite: Any, *, dataset: str, split: str = 
     meta = {"dataset": dataset, "split": split, "suite": str(getattr(suite, "directory", "")),
             "old_model_sha256": cards["old"].get("weights_sha256"),
             "new_model": model_tag(cards["new"])}
+    predictor = getattr(suite, "gain_predictor", None)
+    meta["orders"] = [order for order in ORDERS if order != "predicted_gain" or predictor is not None]
     # Refuse early, before spending minutes on embeddings.
     store.create(d_old=cards["old"]["embedding_dim"], d_new=cards["new"]["embedding_dim"], meta=meta,
                  replace=replace)
@@ -99,7 +103,8 @@ def load_gallery(store: GalleryStore, suite: Any, *, dataset: str, split: str = 
         store.add_items(ids=np.arange(start, stop), labels=labels[start:stop],
                         refs=[f"{dataset}/{split}/{i}" for i in range(start, stop)],
                         images=[encode_image(im) for im in batch], old=old,
-                        priority=suite.old_entropy_priority(old), random_rank=rank[start:stop])
+                        priority=suite.old_entropy_priority(old), random_rank=rank[start:stop],
+                        predicted_gain=None if predictor is None else predictor.priority(old))
     store.set_meta("loaded", True)  # an interrupted load is replaced by the next one without --replace
     return n
 

@@ -170,7 +170,8 @@ def run_job(store: str, suite_dir: str, *, order: str = "random", batch_size: in
     Parameters
     ----------
     store : ``postgresql://`` URI or embedded-store directory.
-    order : ``random`` (seeded at load time) or ``old_entropy`` (uncertain items first).
+    order : ``random`` (seeded at load time), ``old_entropy`` (uncertain items first) or ``predicted_gain``
+        (largest predicted gain first; the gallery must have been loaded with a suite that has a gain predictor).
     batch_size, workers : items per batch, number of actors (one GPU each when GPUs are present).
     ray_address : a Ray cluster (``ray://host:10001`` or ``auto``); default a local Ray.
     limit : stop after this many more items (demos, tests).
@@ -197,6 +198,11 @@ def run_job(store: str, suite_dir: str, *, order: str = "random", batch_size: in
     gallery = open_store(store)
     suite = ModelSuite.load(suite_dir)
     meta = check_suite(gallery, suite)
+    loaded_orders = meta.get("orders", ["random", "old_entropy"])  # galleries loaded before layout 4
+    if order not in loaded_orders:
+        raise StoreError(f"the gallery was loaded without the {order} order's priorities (its suite had no "
+                         f"gain_predictor.pt): use --order {' or '.join(loaded_orders)}, or reload it with "
+                         "`backfill gallery load --replace` and a suite that has one")
     tag = model_tag(suite.cards["new"])
     others = [m for m in gallery.status()["models"] if m != tag]
     if others:

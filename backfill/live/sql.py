@@ -2,7 +2,8 @@
 
 Layout (schema ``backfill``), chosen so that a search reads only what it scores::
 
-    gallery(id pk, label, ref, priority, random_rank, backfilled, model, writes)   the job's bookkeeping
+    gallery(id pk, label, ref, priority, predicted_gain, random_rank, backfilled, model, writes)
+                                                                             the job's bookkeeping
     vec_old(id, label, backfilled, old vector(d_o))   partitioned by backfilled:
         vec_old_pending (false) | vec_old_done (true)                        old vectors, moved on backfill
     vec_new(id pk, label, new vector(d_n))                                   one row per backfilled item
@@ -17,8 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-__all__ = ["schema_ddl", "WRITE_NEW", "UPGRADE_2_TO_3", "search_sql", "search_settings", "exact_side_workers",
-           "SEARCH_SPACES", "SEARCH_TAG"]
+__all__ = ["schema_ddl", "WRITE_NEW", "UPGRADE_2_TO_3", "UPGRADE_3_TO_4", "search_sql", "search_settings",
+           "exact_side_workers", "SEARCH_SPACES", "SEARCH_TAG"]
 
 SCHEMA = "backfill"
 
@@ -29,7 +30,7 @@ def schema_ddl(d_old: int, d_new: int) -> list[str]:
         f"CREATE SCHEMA {SCHEMA}",
         """CREATE TABLE backfill.gallery (
                id bigint PRIMARY KEY, label bigint NOT NULL, ref text NOT NULL,
-               priority double precision NOT NULL, random_rank bigint NOT NULL,
+               priority double precision NOT NULL, predicted_gain double precision, random_rank bigint NOT NULL,
                backfilled boolean NOT NULL DEFAULT false, model text, writes integer NOT NULL DEFAULT 0,
                CHECK (backfilled = (model IS NOT NULL)))
                WITH (fillfactor = 50)""",  # the job updates each row once: room on its page = a HOT update
@@ -81,6 +82,13 @@ UPGRADE_2_TO_3 = [
     """UPDATE backfill.progress SET models = ARRAY(
            SELECT DISTINCT model FROM backfill.gallery WHERE model IS NOT NULL ORDER BY 1)""",
     """INSERT INTO backfill.meta VALUES ('schema', '3') ON CONFLICT (key) DO UPDATE SET value = '3'""",
+]
+
+#: Layout 3 -> 4 in place: the gallery gains the ``predicted_gain`` order's column, NULL for the items loaded
+#: before (the meta's ``orders`` stays without it: reload with a suite that has a gain predictor to use it).
+UPGRADE_3_TO_4 = [
+    "ALTER TABLE backfill.gallery ADD COLUMN IF NOT EXISTS predicted_gain double precision",
+    """INSERT INTO backfill.meta VALUES ('schema', '4') ON CONFLICT (key) DO UPDATE SET value = '4'""",
 ]
 
 #: The comment every search statement starts with: ``pg_stat_activity`` shows a connection's current or last

@@ -32,6 +32,7 @@ from backfill.live.sql import (
     SEARCH_SPACES,
     SEARCH_TAG,
     UPGRADE_2_TO_3,
+    UPGRADE_3_TO_4,
     WRITE_NEW,
     exact_side_workers,
     schema_ddl,
@@ -44,15 +45,16 @@ __all__ = ["StoreError", "WriterBusyError", "Hit", "SearchResult", "GalleryStore
 
 #: Search methods of the service: which query vector scores which part of the gallery.
 METHODS = ("full", "rank_merge", "old", "new_partial")
-#: Backfill orders of the job.
-ORDERS = ("random", "old_entropy")
+#: Backfill orders of the job (``predicted_gain``: for galleries loaded with a suite that has a gain predictor).
+ORDERS = ("random", "old_entropy", "predicted_gain")
 #: Sides a search merges that can have an HNSW index: the pending old vectors and the new vectors.
 HNSW_SIDES = ("old", "new")
 #: Session advisory-lock key held by the one writer (the job's driver): b"backfill" as an int64.
 WRITER_LOCK_KEY = int.from_bytes(b"backfill", "big") & 0x7FFF_FFFF_FFFF_FFFF
-#: Layout version in ``meta``: galleries of layout 2 are upgraded in place when first read (3 keeps the models
-#: in the progress row); those of the older one-table layout are refused with a one-line error.
-SCHEMA_VERSION = 3
+#: Layout version in ``meta``: galleries of layouts 2 and 3 are upgraded in place when first read (3 keeps the
+#: models in the progress row, 4 adds the predicted_gain column); those of the older one-table layout are
+#: refused with a one-line error.
+SCHEMA_VERSION = 4
 
 
 class StoreError(ValueError):
@@ -88,7 +90,8 @@ class GalleryStore(Protocol):
     def create(self, *, d_old: int, d_new: int, meta: dict[str, Any], replace: bool = False) -> None: ...
 
     def add_items(self, *, ids: np.ndarray, labels: np.ndarray, refs: Sequence[str], images: Sequence[bytes],
-                  old: np.ndarray, priority: np.ndarray, random_rank: np.ndarray) -> None: ...
+                  old: np.ndarray, priority: np.ndarray, random_rank: np.ndarray,
+                  predicted_gain: np.ndarray | None = None) -> None: ...
 
     def meta(self) -> dict[str, Any]: ...
 
@@ -242,16 +245,19 @@ class PgVectorStore:
         self.close()  # reconnect so that the vector type (new on a fresh database) is registered
 
     def add_items(self, *, ids: np.ndarray, labels: np.ndarray, refs: Sequence[str], images: Sequence[bytes],
-                  old: np.ndarray, priority: np.ndarray, random_rank: np.ndarray) -> None:
-        """Append items (old vectors, no new vector yet) with COPY, in one transaction."""
+                  old: np.ndarray, priority: np.ndarray, random_rank: np.ndarray,
+                  predicted_gain: np.ndarray | None = None) -> None:
+        """Append items (old vectors, no new vector yet) with COPY, in one transaction. ``priority``: the old
+        classifier's entropy; ``predicted_gain``: the suite's gain predictor's (``None``: NULL, no predictor)."""
         conn = self.conn
         old = np.ascontiguousarray(old, dtype=np.float32)
         with conn.transaction():
-            with conn.cursor().copy("COPY backfill.gallery (id, label, ref, priority, random_rank) "
+            with conn.cursor().copy("COPY backfill.gallery (id, label, ref, priority, predicted_gain, random_rank) "
                                     "FROM STDIN WITH (FORMAT BINARY)") as copy:
-                copy.set_types(["int8", "int8", "text", "float8", "int8"])
+                copy.set_types(["int8", "int8", "text", "float8", "float8", "int8"])
                 for i in range(len(ids)):
-                    copy.write_row((int(ids[i]), int(labels[i]), refs[i], float(priority[i]),
+                    gain = None if predicted_gain is None else float(predicted_gain[i])
+                    copy.write_row((int(ids[i]), int(labels[i]), refs[i], float(priority[i]), gain,
                                     int(random_rank[i])))
             with conn.cursor().copy("COPY backfill.vec_old (id, label, old) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(["int8", "int8", "vector"])
@@ -306,15 +312,16 @@ class PgVectorStore:
             if not self._has_gallery(conn):
                 raise StoreError("the store holds no gallery (create one with `backfill gallery load`)")
             meta = {k: v for k, v in conn.execute("SELECT key, value FROM backfill.meta").fetchall()}
-        if meta.get("schema") == 2:
-            self._upgrade_from_2()
+        if meta.get("schema") in (2, 3):
+            self._upgrade(meta["schema"])
             return self.meta()
         return meta
 
-    def _upgrade_from_2(self) -> None:
-        """Upgrade a gallery of layout 2 in place (nothing is rewritten but the progress row)."""
+    def _upgrade(self, schema: int) -> None:
+        """Upgrade a gallery of layout 2 or 3 in place, in one transaction (nothing is rewritten but the progress
+        row; the new column is NULL)."""
         with self.conn.transaction():
-            for statement in UPGRADE_2_TO_3:
+            for statement in (UPGRADE_2_TO_3 if schema == 2 else []) + UPGRADE_3_TO_4:
                 self.conn.execute(statement)
 
     def require_loaded(self) -> dict[str, Any]:
@@ -338,10 +345,12 @@ class PgVectorStore:
 
     def pending_ids(self, *, order: str, limit: int | None = None) -> np.ndarray:
         """Ids not yet backfilled, in backfill ``order`` (``random``: the stored seeded permutation;
-        ``old_entropy``: highest old-classifier entropy first, ties by id)."""
+        ``old_entropy``: highest old-classifier entropy first; ``predicted_gain``: largest predicted gain first,
+        NULLs last; ties by id)."""
         if order not in ORDERS:
             raise StoreError(f"unknown order {order!r}; expected one of {', '.join(ORDERS)}")
-        by = "random_rank" if order == "random" else "priority DESC, id"
+        by = {"random": "random_rank", "old_entropy": "priority DESC, id",
+              "predicted_gain": "predicted_gain DESC NULLS LAST, id"}[order]
         sql = f"SELECT id FROM backfill.gallery WHERE NOT backfilled ORDER BY {by}"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
