@@ -27,12 +27,12 @@ import torch
 from torch import nn
 
 from backfill._validation import check_matrix
-from backfill.checkpoints import load_checkpoint, save_checkpoint
+from backfill.checkpoints import save_checkpoint
 from backfill.datasets import load_dataset
 from backfill.inference import embed_dataset
 from backfill.ordering import oracle_priority
 from backfill.training import configure_threads
-from backfill.transform_training import cache_features, model_record
+from backfill.transform_training import cache_features, load_old_and_new, model_record
 
 __all__ = ["GainPredictor", "fit_gain_predictor", "train_gain_predictor", "GAIN_PREDICTOR_VIEW"]
 
@@ -108,12 +108,7 @@ def train_gain_predictor(
     error (standardised target) and, on the test split, the rank correlation of the predicted gain with the
     oracle's margin gain (``test_rank_correlation``: how well it orders unseen images). Returns the card."""
     old_path, new_path = Path(old), Path(new)
-    old_model, old_card = load_checkpoint(old_path, expect={"kind": "old"})
-    new_model, new_card = load_checkpoint(new_path, expect={"kind": ("new", "bct")})
-    dataset = dataset or old_card.get("dataset")
-    for name, card in (("old", old_card), ("new", new_card)):
-        if card.get("dataset") != dataset:
-            raise ValueError(f"the {name} model was trained on {card.get('dataset')!r}, not {dataset!r}")
+    old_model, old_card, new_model, new_card, dataset = load_old_and_new(old_path, new_path, dataset)
     configure_threads(threads)
     train = load_dataset(dataset, "train", data, download)
     old_rows, new_rows, labels = cache_features(old_model, new_model, train, view=view, progress=progress)

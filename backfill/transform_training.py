@@ -44,6 +44,7 @@ __all__ = [
     "train_transform",
     "default_rho_path",
     "model_record",
+    "load_old_and_new",
 ]
 
 #: Defaults of the metric-compatible training, chosen by measurement (benchmarks/sweep_mc.py).
@@ -327,6 +328,20 @@ def model_record(path: Path, card: dict[str, Any]) -> dict[str, Any]:
             "kind": card.get("kind"), "embedding_dim": card.get("embedding_dim")}
 
 
+def load_old_and_new(old: Path, new: Path, dataset: str | None = None
+                     ) -> tuple[nn.Module, dict[str, Any], nn.Module, dict[str, Any], str]:
+    """The old and new (or BCT) checkpoints a psi / rho / gain predictor is trained against: ``(old model, its
+    card, new model, its card, dataset)``; ``ValueError`` when either was trained on another dataset than
+    ``dataset`` (default: the old model's)."""
+    old_model, old_card = load_checkpoint(old, expect={"kind": "old"})
+    new_model, new_card = load_checkpoint(new, expect={"kind": ("new", "bct")})
+    dataset = dataset or old_card.get("dataset")
+    for name, card in (("old", old_card), ("new", new_card)):
+        if card.get("dataset") != dataset:
+            raise ValueError(f"the {name} model was trained on {card.get('dataset')!r}, not {dataset!r}")
+    return old_model, old_card, new_model, new_card, dataset
+
+
 def default_rho_path(psi_path: str | os.PathLike) -> Path:
     """Where ``train_transform`` writes rho beside psi: ``psi_mc_rho.pt`` -> ``rho_mc.pt`` (the suite
     layout), any other ``NAME.pt`` -> ``rho_NAME.pt``."""
@@ -381,12 +396,7 @@ def train_transform(
     """
     cfg = (config or TransformConfig()).validated()
     old_path, new_path, out = Path(old), Path(new), Path(out)
-    old_model, old_card = load_checkpoint(old_path, expect={"kind": "old"})
-    new_model, new_card = load_checkpoint(new_path, expect={"kind": ("new", "bct")})
-    dataset = dataset or old_card.get("dataset")
-    for name, card in (("old", old_card), ("new", new_card)):
-        if card.get("dataset") != dataset:
-            raise ValueError(f"the {name} model was trained on {card.get('dataset')!r}, not {dataset!r}")
+    old_model, old_card, new_model, new_card, dataset = load_old_and_new(old_path, new_path, dataset)
     dev = resolve_device(cfg.device)
     if dev.type == "cpu":
         configure_threads(threads)
