@@ -90,7 +90,7 @@ def fit_gain_predictor(old: np.ndarray, new: np.ndarray, labels: np.ndarray, *, 
     return model
 
 
-def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+def _rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rank correlation of two ``(n,)`` vectors (no ties expected: float scores)."""
     ranks = [np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(np.float64) for x in (a, b)]
     return float(np.corrcoef(*ranks)[0, 1])
@@ -120,8 +120,8 @@ def train_gain_predictor(
     test = load_dataset(dataset, "test", data, download)
     test_old, test_new = (embed_dataset(m, test.images, dataset, progress=progress).numpy()
                           for m in (old_model, new_model))
-    metrics["test_rank_correlation"] = rank_correlation(model.priority(test_old),
-                                                        oracle_priority(test_old, test_new, test.labels))
+    metrics["test_rank_correlation"] = _rank_correlation(model.priority(test_old),
+                                                         oracle_priority(test_old, test_new, test.labels))
     return save_checkpoint(out, model, {
         "kind": "gain_predictor", "dataset": dataset, "split": "train", "data_source": train.source,
         "old_model": model_record(old_path, old_card), "new_model": model_record(new_path, new_card),

@@ -129,7 +129,8 @@ def _run_status(args: argparse.Namespace) -> int:
         print(json.dumps(s))
     else:
         print(f"{s['backfilled']}/{s['total']} backfilled ({100 * s['ratio']:.1f}%), job running: "
-              f"{'yes' if s['job_running'] else 'no'}, new model: {', '.join(s['models']) or '-'}")
+              f"{'yes' if s['job_running'] else 'no'}, new model: {', '.join(s['models']) or '-'}, orders: "
+              f"{', '.join(s['orders'])}")
     return 0
 
 

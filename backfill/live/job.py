@@ -198,7 +198,7 @@ def run_job(store: str, suite_dir: str, *, order: str = "random", batch_size: in
     gallery = open_store(store)
     suite = ModelSuite.load(suite_dir)
     meta = check_suite(gallery, suite)
-    loaded_orders = meta.get("orders", ["random", "old_entropy"])  # galleries loaded before layout 4
+    loaded_orders = gallery.status()["orders"]
     if order not in loaded_orders:
         raise StoreError(f"the gallery was loaded without the {order} order's priorities (its suite had no "
                          f"gain_predictor.pt): use --order {' or '.join(loaded_orders)}, or reload it with "

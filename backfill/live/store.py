@@ -332,7 +332,8 @@ class PgVectorStore:
         return meta
 
     def status(self) -> dict[str, Any]:
-        """``{"total", "backfilled", "pending", "ratio", "models", "job_running", "d_old", "d_new", ...}``."""
+        """``{"total", "backfilled", "pending", "ratio", "models", "job_running", "orders", "d_old", "d_new",
+        ...}`` (``orders``: those the gallery can be backfilled in)."""
         meta = self.meta()
         with self._reader() as conn:
             total, done, models = conn.execute("SELECT total, backfilled, models FROM backfill.progress").fetchone()
@@ -341,6 +342,7 @@ class PgVectorStore:
                 "((classid::bigint << 32) | objid::bigint) = %s", (WRITER_LOCK_KEY,)).fetchone()[0]
         return {"total": int(total), "backfilled": int(done), "pending": int(total - done),
                 "ratio": float(done / total) if total else 0.0, "models": sorted(models), "job_running": bool(running),
+                "orders": meta.get("orders", ["random", "old_entropy"]),  # layout 4 records them at load time
                 **{k: meta[k] for k in ("d_old", "d_new", "dataset", "split") if k in meta}}
 
     def pending_ids(self, *, order: str, limit: int | None = None) -> np.ndarray:
@@ -408,7 +410,10 @@ class PgVectorStore:
 
         Raises :class:`WriterBusyError` when another process holds it.
         """
+        import psycopg
+
         conn = self.connect()
+        got = False
         try:
             got = conn.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK_KEY,)).fetchone()[0]
             if not got:
@@ -416,7 +421,14 @@ class PgVectorStore:
                                       "wait for it to finish or stop it")
             yield
         finally:
-            conn.close()  # closing the session releases the lock
+            # Unlocked before closing: the end of the session releases the lock too, but only once the server
+            # has ended its backend, so a status read just after could still see the job running.
+            if got:
+                try:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (WRITER_LOCK_KEY,))
+                except psycopg.Error:
+                    pass  # a broken connection: its session's end releases the lock
+            conn.close()
 
     # ------------------------------------------------------------------ searching
     def search(self, *, method: str, k: int, q_new: np.ndarray | None,
