@@ -157,6 +157,8 @@ class TransformConfig:
     rho : also train the head rho (``loss="mc"`` only); psi then reads ``rho(phi_n(x))``.
     rho_anchor : weight of ``mean ||rho(phi_n(x)) - phi_n(x)||^2`` added to the loss (0 = none): it keeps rho
         near the new model, whose training-image embeddings are tighter than those of unseen images.
+    rho_hidden : rho's hidden width: ``None`` a linear rho, else a residual MLP
+        (:class:`~backfill.models.EmbeddingHead`).
     temperature, hard_negatives : of L_MC (``hard_negatives=None``: all negatives).
     regression_weight : weight of the regression term added to L_MC (0 = pure L_MC).
     epochs, batch_size, samples_per_class, lr, weight_decay : AdamW with a cosine learning-rate schedule.
@@ -176,6 +178,7 @@ class TransformConfig:
     denominator: str = "joint"
     rho: bool = False
     rho_anchor: float = 0.0
+    rho_hidden: int | None = None
     temperature: float = DEFAULT_TEMPERATURE
     hard_negatives: int | None = DEFAULT_HARD_NEGATIVES
     regression_weight: float = DEFAULT_REGRESSION_WEIGHT
@@ -202,6 +205,8 @@ class TransformConfig:
             raise ValueError("denominator 'new' gives psi no gradient: train rho too or keep a regression term")
         if self.rho_anchor < 0:
             raise ValueError(f"rho_anchor must be >= 0, got {self.rho_anchor}")
+        if self.rho_hidden is not None and (not self.rho or self.rho_hidden < 1):
+            raise ValueError(f"rho_hidden needs rho and must be >= 1, got {self.rho_hidden}")
         if self.regression_weight < 0:
             raise ValueError(f"regression_weight must be >= 0, got {self.regression_weight}")
         if self.epochs < 1 or self.batch_size < 2:
@@ -221,6 +226,7 @@ class TransformConfig:
                 options.pop(key)
         if not self.rho:
             options.pop("rho_anchor")
+            options.pop("rho_hidden")
         return options
 
 
@@ -261,7 +267,7 @@ def fit_transform(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     psi = ReverseTransform(new.shape[1], old.shape[1], cfg.hidden).to(dev)
-    head = EmbeddingHead(new.shape[1]).to(dev) if cfg.rho else None
+    head = EmbeddingHead(new.shape[1], cfg.rho_hidden).to(dev) if cfg.rho else None
     params = list(psi.parameters()) + (list(head.parameters()) if head is not None else [])
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     regression = TransformRegressionLoss()

@@ -43,7 +43,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
     p.add_argument("--arms", default=ARMS, help=f"comma-separated psi training sets, +rho to train rho too "
-                                                 f"(default {ARMS})")
+                                                 f"(+rhoN: an MLP rho of hidden width N; default {ARMS})")
     args = p.parse_args()
     torch.set_num_threads(2)
     ds = load_dataset("cifar100", "train", args.data)
@@ -79,10 +79,13 @@ def main() -> None:
     print(f"{'psi trained on':<16} {'rows':>6} {'full gain':>9} {'mAP at 0':>9} {'mAP at 100%':>11} "
           f"{'old/old':>8} {'new/new':>8} {'seconds':>8}", flush=True)
     for arm in args.arms.split(","):
-        name, rho = arm.removesuffix("+rho"), arm.endswith("+rho")
+        # "+rho": a linear rho, "+rhoN": an MLP rho of hidden width N
+        name, _, rho_width = arm.partition("+rho")
+        rho, rho_hidden = "+rho" in arm, int(rho_width) if rho_width else None
         old, new, labels = embeddings(*training_set(name))
         t = time.perf_counter()
-        psi, head, _ = fit_transform(old, new, labels, TransformConfig(**PSI, rho=rho), progress=False)
+        psi, head, _ = fit_transform(old, new, labels, TransformConfig(**PSI, rho=rho, rho_hidden=rho_hidden),
+                                     progress=False)
         r = sweep_mc.score(psi, head, val_old, val_new, y[val], order)
         print(f"{arm:<16} {len(labels):6d} {r['relative_gain']:9.3f} {r['map_at_0']:9.4f} {r['map_at_100']:11.4f} "
               f"{r['old_map']:8.4f} {r['new_map']:8.4f} {time.perf_counter() - t:8.0f}", flush=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -90,6 +92,21 @@ def test_rho_anchor_keeps_rho_near_the_new_model(features):
     assert "rho_anchor" not in TransformConfig(loss="mc").card()
     with pytest.raises(ValueError, match="rho_anchor"):
         TransformConfig(loss="mc", rho=True, rho_anchor=-1.0).validated()
+
+
+def test_an_mlp_rho_starts_as_the_identity_and_learns(features):
+    old, new, labels = features
+    x = torch.from_numpy(new)
+    config = TransformConfig(loss="mc", rho=True, rho_hidden=16, epochs=5, batch_size=48, lr=1e-2)
+    untrained = fit_transform(old, new, labels, replace(config, lr=1e-12, epochs=1), progress=False)[1]
+    rho = fit_transform(old, new, labels, config, progress=False)[1]
+    assert rho.spec == {"arch": "rho", "d": 12, "hidden": 16} and rho.linear is None
+    with torch.no_grad():
+        torch.testing.assert_close(untrained(x), x, atol=1e-4, rtol=0)  # the residual's last layer starts at zero
+        assert float((rho(x) - x).pow(2).sum(dim=1).mean()) > 1e-3
+    assert config.card()["rho_hidden"] == 16 and "rho_hidden" not in TransformConfig(loss="mc").card()
+    with pytest.raises(ValueError, match="rho_hidden needs rho"):
+        TransformConfig(loss="mc", rho_hidden=16).validated()
 
 
 def test_fit_transform_is_deterministic(features):

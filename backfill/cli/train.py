@@ -145,6 +145,8 @@ def _add_train_transform(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rho", action="store_true", help="also train the new-model head rho (--loss mc)")
     p.add_argument("--rho-anchor", type=float, default=None, metavar="W",
                    help="weight of a penalty on rho's distance to the new embedding (default 0: none)")
+    p.add_argument("--rho-hidden", type=int, default=None, metavar="N",
+                   help="rho's hidden width: a residual MLP instead of the linear rho (default: linear)")
     p.add_argument("--rho-out", metavar="RHO.pt", default=None,
                    help="where rho goes (default: psi_mc_rho.pt -> rho_mc.pt, NAME.pt -> rho_NAME.pt)")
     p.add_argument("--temperature", type=float, default=None,
@@ -183,8 +185,10 @@ def _run_train_transform(args: argparse.Namespace) -> int:
         raise ValueError("--rho needs --loss mc (rho is trained by the metric-compatible loss)")
     if args.rho_anchor is not None and not args.rho:
         raise ValueError("--rho-anchor needs --rho")
+    if args.rho_hidden is not None and not args.rho:
+        raise ValueError("--rho-hidden needs --rho")
     options = {"temperature": args.temperature, "regression_weight": args.regression_weight,
-               "rho_anchor": args.rho_anchor,
+               "rho_anchor": args.rho_anchor, "rho_hidden": args.rho_hidden,
                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "hidden": args.hidden}
     config = TransformConfig(loss=args.loss, denominator=args.denominator, rho=args.rho, view=args.view,
                              augmented_copies=args.augmented_copies, seed=args.seed, device=args.device,
