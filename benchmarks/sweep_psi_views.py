@@ -44,6 +44,7 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--arms", default=ARMS, help=f"comma-separated psi training sets, +rho to train rho too "
                                                  f"(+rhoN: an MLP rho of hidden width N; default {ARMS})")
+    p.add_argument("--seed", type=int, default=0, help="seed of psi and rho (initialisation, batches)")
     args = p.parse_args()
     torch.set_num_threads(2)
     ds = load_dataset("cifar100", "train", args.data)
@@ -84,7 +85,8 @@ def main() -> None:
         rho, rho_hidden = "+rho" in arm, int(rho_width) if rho_width else None
         old, new, labels = embeddings(*training_set(name))
         t = time.perf_counter()
-        psi, head, _ = fit_transform(old, new, labels, TransformConfig(**PSI, rho=rho, rho_hidden=rho_hidden),
+        psi, head, _ = fit_transform(old, new, labels, TransformConfig(**PSI, rho=rho, rho_hidden=rho_hidden,
+                                                                     seed=args.seed),
                                      progress=False)
         r = sweep_mc.score(psi, head, val_old, val_new, y[val], order)
         print(f"{arm:<16} {len(labels):6d} {r['relative_gain']:9.3f} {r['map_at_0']:9.4f} {r['map_at_100']:11.4f} "
