@@ -122,6 +122,15 @@ def _report(out: str, card: dict) -> int:
     return 0
 
 
+def _add_old_new_and_data(p: argparse.ArgumentParser) -> None:
+    """The options of a command that trains against an old/new checkpoint pair on a dataset's train split."""
+    p.add_argument("--old", required=True, metavar="OLD.pt", help="the old model's checkpoint")
+    p.add_argument("--new", required=True, metavar="NEW.pt", help="the new model's checkpoint")
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--data", metavar="DIR", default=None, help="dataset directory (see `train old --help`)")
+    p.add_argument("--download", action="store_true", help="download with torchvision if not found")
+
+
 def _add_train_transform(sub: argparse._SubParsersAction) -> None:
     """``backfill train transform ...``: psi (and rho) on features of the frozen old/new models.
 
@@ -132,11 +141,7 @@ def _add_train_transform(sub: argparse._SubParsersAction) -> None:
             "cached embeddings of the train split by the frozen old and new models")
     p = sub.add_parser("transform", help=text, description=text + ". Writes OUT.pt and OUT.json (and, with "
                        "--rho, the head next to it).")
-    p.add_argument("--old", required=True, metavar="OLD.pt", help="the old model's checkpoint")
-    p.add_argument("--new", required=True, metavar="NEW.pt", help="the new model's checkpoint")
-    p.add_argument("--dataset", required=True, choices=DATASETS)
-    p.add_argument("--data", metavar="DIR", default=None, help="dataset directory (see `train old --help`)")
-    p.add_argument("--download", action="store_true", help="download with torchvision if not found")
+    _add_old_new_and_data(p)
     p.add_argument("--loss", choices=["regression", "mc"], default="regression",
                    help="regression: L2 to the old embedding; mc: metric-compatible contrastive loss")
     p.add_argument("--denominator", choices=["joint", "old", "new", "separate"], default="joint",
@@ -214,11 +219,7 @@ def _add_train_gain_predictor(sub: argparse._SubParsersAction) -> None:
             "model brings, learnt on the train images where both models and the labels are known")
     p = sub.add_parser("gain-predictor", help=text, description=text + ". Writes OUT.pt and OUT.json (a suite "
                        "holds it as gain_predictor.pt).")
-    p.add_argument("--old", required=True, metavar="OLD.pt", help="the old model's checkpoint")
-    p.add_argument("--new", required=True, metavar="NEW.pt", help="the new model's checkpoint")
-    p.add_argument("--dataset", required=True, choices=DATASETS)
-    p.add_argument("--data", metavar="DIR", default=None, help="dataset directory (see `train old --help`)")
-    p.add_argument("--download", action="store_true", help="download with torchvision if not found")
+    _add_old_new_and_data(p)
     p.add_argument("--view", default=None, metavar="VIEW[+VIEW]",
                    help="the views of the train images it learns from, one row per image and view (default "
                         "flip+crop: the models embed the clean images they trained on too tightly)")
