@@ -198,13 +198,14 @@ def run_job(store: str, suite_dir: str, *, order: str = "random", batch_size: in
     gallery = open_store(store)
     suite = ModelSuite.load(suite_dir)
     meta = check_suite(gallery, suite)
-    loaded_orders = gallery.status()["orders"]
+    status = gallery.status()
+    loaded_orders = status["orders"]
     if order not in loaded_orders:
         raise StoreError(f"the gallery was loaded without the {order} order's priorities (its suite had no "
                          f"gain_predictor.pt): use --order {' or '.join(loaded_orders)}, or reload it with "
                          "`backfill gallery load --replace` and a suite that has one")
     tag = model_tag(suite.cards["new"])
-    others = [m for m in gallery.status()["models"] if m != tag]
+    others = [m for m in status["models"] if m != tag]
     if others:
         raise StoreError(f"the store already holds new vectors of {', '.join(others)}, not of this suite's new "
                          f"model {tag}; finish that backfill with its suite or reload the gallery")
