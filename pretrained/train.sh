@@ -87,9 +87,9 @@ case "$dataset" in
     # Two lanes of one process each. First each backbone's features (Lite0's lane also computes Lite2's
     # features of the small test split, then trains the homogeneous heads, while Lite2's lane is still
     # extracting); then psi / rho, the heterogeneous heads and the ablation. Step times of the from-scratch run
-    # (s): features Lite0 train 1794, Lite0 test 130, Lite2 test 168, Lite2 train 2407; heads 65-126; psi
-    # 102-170 alone, 410-420 with rho (twice the rows); ablation 160-191. So each part's lanes end within 2 min
-    # of each other: about 58 min in all.
+    # of 2026-11-28 (s): features Lite0 train 1305, Lite0 test 86, Lite2 test 119, Lite2 train 1693; heads
+    # 48-93; gain predictors 23-24; psi 64-96 alone, 264-270 with rho (twice the rows); ablation 84-100. So each
+    # part's lanes end within a few minutes of each other: 41.4 min in all.
     all_stage() {
       { features efficientnet_lite0 train clean+flip+crop; features efficientnet_lite0 test clean
         features efficientnet_lite2 test clean
