@@ -28,14 +28,21 @@ METHOD_COLORS: dict[str, str] = {
     "full": "#2ca02c",
     "full_rho": "#17becf",
 }
-_FALLBACK_COLORS = ("#8c564b", "#e377c2", "#393b79", "#637939", "#843c39")
+#: One colour per backfill order other than random, for a method's curve in that order ("full_rho@oracle").
+ORDER_COLORS: dict[str, str] = {"old_entropy": "#393b79", "old_centroid": "#637939", "predicted_gain": "#e377c2",
+                                "oracle": "#8c564b"}
+_FALLBACK_COLORS = ("#843c39", "#5254a3", "#bd9e39", "#7b4173", "#31a354")
 METRIC_TITLES: dict[str, str] = {"map": "mAP", "top1": "Top-1 accuracy", "top5": "Top-5 accuracy"}
 #: Colour of each embedding space: orange = old, blue = new (hit badges and score distributions).
 SPACE_COLORS: dict[Space, str] = {Space.OLD: "#ff7f0e", Space.NEW: "#1f77b4"}
 
 
 def method_color(name: str, position: int = 0) -> str:
-    """Colour of method ``name``; unknown names get a fallback colour picked by ``position``."""
+    """Colour of method ``name`` (``"METHOD@ORDER"``: the order's); unknown names get a fallback colour picked
+    by ``position``."""
+    order = name.partition("@")[2]
+    if order in ORDER_COLORS:
+        return ORDER_COLORS[order]
     return METHOD_COLORS.get(name, _FALLBACK_COLORS[position % len(_FALLBACK_COLORS)])
 
 
@@ -168,7 +175,7 @@ def curves_png(
 
     labels = dict(labels or {})
     metric_title = METRIC_TITLES.get(metric, metric)
-    fig = Figure(figsize=(7, 4.2), dpi=dpi)
+    fig = Figure(figsize=(9.5, 4.2), dpi=dpi, layout="constrained")
     ax = fig.add_subplot()
     for position, (name, values) in enumerate(series.items()):
         ax.plot(points * 100, np.asarray(values) * 100, marker="o", markersize=3,
@@ -183,8 +190,8 @@ def curves_png(
     ax.set_ylabel(f"{metric_title} (%)")
     ax.set_title(title or f"{metric_title} during backfilling")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    # beside the axes, not over them: with a dozen curves any corner inside hides some of them
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()

@@ -46,6 +46,14 @@ def test_png_and_html_exports():
     assert html.lstrip().lower().startswith("<!doctype html>") and "plotly" in html.lower()
 
 
+def test_every_curve_of_the_reproduction_has_its_own_colour():
+    names = ["offline", "new_partial", "bct", "rank_merge", "rt_merge", "full", "full_rho",
+             *(f"full_rho@{order}" for order in plots.ORDER_COLORS)]
+    colours = [plots.method_color(name, position) for position, name in enumerate(names)]
+    assert len(set(colours)) == len(names)
+    assert plots.method_color("full_rho@oracle") == plots.method_color("full@oracle", 7)  # the order's
+
+
 def test_teaching_figures():
     rng = np.random.default_rng(0)
     labels = np.array([0, 0, 1, 1, 7, 7])
