@@ -37,7 +37,8 @@ import sweep_merge  # noqa: E402
 
 sweep_heads, sweep_mc = sweep_merge.sweep_heads, sweep_merge.sweep_mc
 
-#: The shipped recipe's heads (HeadConfig defaults) and psi options (pretrained/train.sh).
+#: The shipped recipe's heads (HeadConfig defaults) and psi options (pretrained/train.sh; its psi + rho trains at
+#: temperature 0.1: ``--psi temperature=0.1``).
 HEADS = dict(epochs=30, lr=2e-3, weight_decay=1e-4, hidden=512, label_smoothing=0.1, logit_scale=8.0)
 PSI = dict(loss="mc", temperature=0.05, regression_weight=0.0, epochs=40, hidden=1024)
 #: The new head's backbone in each setting (the old head is always on Lite0).
