@@ -111,7 +111,8 @@ def main() -> None:
 
 
 def parse_option(text: str) -> tuple[str, object]:
-    """``"epochs=60"`` -> ``("epochs", 60)``: the value typed as TransformConfig's field (``none``: None)."""
+    """``"epochs=60"`` -> ``("epochs", 60)``: KEY a TransformConfig field; VALUE an int, else a float, else the
+    text (``none``: None). TransformConfig.validated checks the values."""
     key, sep, value = text.partition("=")
     fields = {f.name for f in dataclasses.fields(TransformConfig)}
     if not sep or key not in fields:
